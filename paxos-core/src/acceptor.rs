@@ -1,0 +1,180 @@
+//! Acceptor side: pre-vote, promises, accepts, lease grants, and starting an election.
+
+use crate::durable::{Record, SlotState};
+use crate::message::{Accept, Accepted, Heartbeat, HeartbeatAck, Message, Nack, Prepare, Probe, ProbeReply, Promise, Reported};
+use crate::replica::{LeaseGrant, Replica, Role};
+use crate::types::{Ballot, NodeId};
+use std::collections::{BTreeMap, BTreeSet};
+
+impl Replica {
+    /// Would this acceptor promise `ballot` now? Not below its promise, and not while a lease it
+    /// granted to another master (or one it may have forgotten in a restart) is running. This is what
+    /// keeps a replica that comes back from a partition with a high ballot from deposing a master.
+    pub(crate) fn would_promise(&self, ballot: Ballot) -> bool {
+        if ballot <= self.promised || self.rebuild.is_some() {
+            return false;
+        }
+        match self.lease_granted {
+            Some(LeaseGrant { holder, until }) if self.now < until => holder.is_some_and(|h| h.node == ballot.node),
+            _ => true,
+        }
+    }
+
+    pub(crate) fn grant_lease(&mut self, holder: Ballot) {
+        // +1: the request arrived somewhere inside the current tick.
+        let until = self.now + self.settings.lease_ticks + 1;
+        let keep_old = self.lease_granted.is_some_and(|g| g.until > until && g.holder != Some(holder));
+        if !keep_old {
+            self.lease_granted = Some(LeaseGrant { holder: Some(holder), until });
+        }
+    }
+
+    pub(crate) fn observe_ballot(&mut self, ballot: Ballot) {
+        self.max_ballot_seen = self.max_ballot_seen.max(ballot);
+    }
+
+    /// A master or candidate with a higher ballot is active: step aside.
+    fn yield_to(&mut self, ballot: Ballot) {
+        let mine = match &self.role {
+            Role::Follower => return,
+            Role::PreCandidate { ballot, .. } | Role::Candidate { ballot, .. } => *ballot,
+            Role::Master(m) => m.ballot,
+        };
+        if ballot > mine && ballot.node != self.node {
+            self.become_follower();
+        }
+    }
+
+    pub(crate) fn heard_master(&mut self, ballot: Ballot) {
+        self.leader_hint = Some(ballot.node);
+        self.reset_election_timer();
+        self.yield_to(ballot);
+    }
+
+    pub(crate) fn tick_follower(&mut self) {
+        if self.now < self.election_due {
+            return;
+        }
+        if !self.is_voter_now() || self.lease_granted.is_some_and(|g| self.now < g.until) {
+            self.reset_election_timer();
+            return;
+        }
+        let ballot = self.max_ballot_seen.max(self.promised).successor_for(self.node);
+        self.role = Role::PreCandidate { ballot, started: self.now, oks: BTreeSet::new() };
+        let voters: Vec<NodeId> = self.window_configs().flat_map(|c| c.voters.keys().copied()).collect();
+        let mut voters = voters;
+        voters.sort();
+        voters.dedup();
+        self.send_all(&voters, Message::Probe(Probe { ballot }));
+    }
+
+    pub(crate) fn on_probe(&mut self, from: NodeId, probe: Probe) {
+        let ok = self.would_promise(probe.ballot);
+        self.send(from, Message::ProbeReply(ProbeReply { ballot: probe.ballot, ok }));
+    }
+
+    pub(crate) fn on_prepare(&mut self, from: NodeId, prepare: Prepare) {
+        self.observe_ballot(prepare.ballot);
+        if self.rebuild.is_some() && !self.bugs().rebuild_votes_at_once {
+            return;
+        }
+        if !self.would_promise(prepare.ballot) {
+            let nack = Nack { rejected: prepare.ballot, promised: self.promised };
+            self.send(from, Message::Nack(nack));
+            return;
+        }
+        // A candidate far behind our chosen prefix learns it first instead of receiving a huge promise.
+        if self.chosen_through.0 > prepare.from.0 + self.settings.window_slots {
+            self.serve_catch_up(from, prepare.from);
+            return;
+        }
+        self.promised = prepare.ballot;
+        self.grant_lease(prepare.ballot);
+        self.heard_master(prepare.ballot);
+        let entries = self
+            .log
+            .range(prepare.from..)
+            .map(|(slot, state)| {
+                let reported = match state {
+                    SlotState::Accepted { ballot, value } => Reported::Accepted { ballot: *ballot, value: value.clone() },
+                    SlotState::Chosen { value } => Reported::Chosen { value: value.clone() },
+                };
+                (*slot, reported)
+            })
+            .collect();
+        let promise = Promise {
+            ballot: prepare.ballot,
+            lease_tick: prepare.lease_tick,
+            log_start: self.snapshot.slot.next(),
+            entries,
+        };
+        let reply = self.outgoing(from, Message::Promise(promise));
+        self.persist(vec![Record::Promised(prepare.ballot)], vec![reply]);
+    }
+
+    pub(crate) fn on_accept(&mut self, from: NodeId, accept: Accept) {
+        self.observe_ballot(accept.ballot);
+        let votes = self.rebuild.is_none() || self.bugs().rebuild_votes_at_once;
+        if accept.ballot < self.promised && !self.bugs().acceptor_ignores_ballot {
+            let nack = Nack { rejected: accept.ballot, promised: self.promised };
+            self.send(from, Message::Nack(nack));
+            return;
+        }
+        self.heard_master(accept.ballot);
+        let voter = self.membership.config_at(accept.slot).is_voter(self.node, self.incarnation);
+        if votes && voter {
+            let mut records = Vec::with_capacity(2);
+            if accept.ballot > self.promised {
+                self.promised = accept.ballot;
+                records.push(Record::Promised(accept.ballot));
+            }
+            let already_chosen = accept.slot <= self.snapshot.slot || self.log.get(&accept.slot).is_some_and(SlotState::is_chosen);
+            if !already_chosen {
+                self.log.insert(accept.slot, SlotState::Accepted { ballot: accept.ballot, value: accept.value.clone() });
+            }
+            records.push(Record::Accepted { slot: accept.slot, ballot: accept.ballot, value: accept.value });
+            let reply = self.outgoing(from, Message::Accepted(Accepted { ballot: accept.ballot, slot: accept.slot }));
+            self.persist(records, vec![reply]);
+        }
+        self.learn_chosen(from, accept.ballot, accept.chosen_through);
+    }
+
+    pub(crate) fn on_heartbeat(&mut self, from: NodeId, heartbeat: Heartbeat) {
+        self.observe_ballot(heartbeat.ballot);
+        if heartbeat.ballot < self.promised {
+            let nack = Nack { rejected: heartbeat.ballot, promised: self.promised };
+            self.send(from, Message::Nack(nack));
+            return;
+        }
+        self.heard_master(heartbeat.ballot);
+        if self.rebuild.is_none() || self.bugs().rebuild_votes_at_once {
+            self.grant_lease(heartbeat.ballot);
+            let ack = HeartbeatAck { ballot: heartbeat.ballot, lease_tick: heartbeat.lease_tick };
+            self.send(from, Message::HeartbeatAck(ack));
+        }
+        self.learn_chosen(from, heartbeat.ballot, heartbeat.chosen_through);
+    }
+
+    pub(crate) fn on_probe_reply(&mut self, voter: crate::replica::Voter, reply: ProbeReply) {
+        let Role::PreCandidate { ballot, oks, .. } = &mut self.role else { return };
+        if reply.ballot != *ballot || !reply.ok {
+            return;
+        }
+        oks.insert(voter);
+        let oks = oks.clone();
+        let ballot = *ballot;
+        if self.quorum_of_window(&oks) {
+            self.start_phase_one(ballot);
+        }
+    }
+
+    fn start_phase_one(&mut self, ballot: Ballot) {
+        let lease_tick = self.now;
+        self.observe_ballot(ballot);
+        self.role = Role::Candidate { ballot, started: self.now, lease_tick, promises: BTreeMap::new() };
+        self.actions.push_back(crate::action::Action::RoleChanged { role: crate::action::RoleKind::Candidate, epoch: None });
+        let prepare = Prepare { ballot, from: self.chosen_through.next(), lease_tick };
+        let members = self.members();
+        self.send_all(&members, Message::Prepare(prepare));
+    }
+}

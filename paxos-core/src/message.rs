@@ -1,0 +1,183 @@
+//! The wire protocol between replicas: one enum, one struct per message, validated once at the
+//! boundary (`Message::invalid`), trusted after it.
+
+use crate::limits;
+use crate::types::{Ballot, Incarnation, MembershipLog, NodeId, SnapshotHandle, Slot, Value};
+use serde::{Deserialize, Serialize};
+
+/// Every message says who sent it and under which incarnation: votes of a lost incarnation never
+/// count again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub from: NodeId,
+    pub incarnation: Incarnation,
+    pub message: Message,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    Probe(Probe),
+    ProbeReply(ProbeReply),
+    Prepare(Prepare),
+    Promise(Promise),
+    Accept(Accept),
+    Accepted(Accepted),
+    Nack(Nack),
+    Heartbeat(Heartbeat),
+    HeartbeatAck(HeartbeatAck),
+    CatchUpRequest(CatchUpRequest),
+    CatchUpReply(CatchUpReply),
+    SnapshotRequired(SnapshotRequired),
+    DigestReport(DigestReport),
+    RebuildProbe(RebuildProbe),
+    RebuildProbeReply(RebuildProbeReply),
+    Rejoin(Rejoin),
+}
+
+/// Pre-vote: "would you promise `ballot`?" Asked before a real prepare so that a replica that was
+/// partitioned away cannot raise everyone's ballot and depose a master whose lease is valid.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub ballot: Ballot,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeReply {
+    pub ballot: Ballot,
+    pub ok: bool,
+}
+
+/// Phase 1a for every slot from `from` on. Also a lease request sent at the candidate's `lease_tick`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prepare {
+    pub ballot: Ballot,
+    pub from: Slot,
+    pub lease_tick: u64,
+}
+
+/// What an acceptor holds for one slot, reported in a promise.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reported {
+    Accepted { ballot: Ballot, value: Value },
+    Chosen { value: Value },
+}
+
+/// Phase 1b. `log_start` is the acceptor's first untruncated slot: if it is above the prepare's
+/// `from`, the slots between are chosen and behind a snapshot, and the candidate must catch up first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promise {
+    pub ballot: Ballot,
+    pub lease_tick: u64,
+    pub log_start: Slot,
+    pub entries: Vec<(Slot, Reported)>,
+}
+
+/// Phase 2a for one slot; carries the master's chosen prefix (chosen-ness propagation).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accept {
+    pub ballot: Ballot,
+    pub slot: Slot,
+    pub value: Value,
+    pub chosen_through: Slot,
+}
+
+/// Phase 2b.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub ballot: Ballot,
+    pub slot: Slot,
+}
+
+/// A refusal: `rejected` is below what the acceptor `promised`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nack {
+    pub rejected: Ballot,
+    pub promised: Ballot,
+}
+
+/// The master's lease renewal (sent at its `lease_tick`) and chosen-prefix announcement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub ballot: Ballot,
+    pub lease_tick: u64,
+    pub chosen_through: Slot,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    pub ballot: Ballot,
+    pub lease_tick: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatchUpRequest {
+    pub from: Slot,
+}
+
+/// Chosen values from `entries[0].0` on, contiguous.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatchUpReply {
+    pub entries: Vec<(Slot, Value)>,
+    pub chosen_through: Slot,
+}
+
+/// "That prefix is behind my snapshot: fetch the snapshot first."
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRequired {
+    pub handle: SnapshotHandle,
+}
+
+/// A replica's digest of its state at a consistency-check slot (PML 6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestReport {
+    pub slot: Slot,
+    pub digest: u64,
+}
+
+/// Sent by a replica that lost its state: "what do you know of the group and of me?"
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildProbe {}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildProbeReply {
+    /// The replier's latest snapshot: where a rebuild starts from.
+    pub snapshot: SnapshotHandle,
+    pub membership: MembershipLog,
+    pub chosen_through: Slot,
+}
+
+/// A rebuilt or new replica that has caught up asks the master to make its incarnation count.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejoin {}
+
+impl Message {
+    /// Checks what the types cannot: sizes and ranges. `None` means valid.
+    pub fn invalid(&self) -> Option<&'static str> {
+        match self {
+            Message::Accept(m) if m.slot == Slot::ZERO => Some("accept for slot 0"),
+            Message::Accept(m) if m.value.bytes() > limits::VALUE_BYTES_MAX => Some("accept value too large"),
+            Message::Accepted(m) if m.slot == Slot::ZERO => Some("accepted for slot 0"),
+            Message::Prepare(m) if m.from == Slot::ZERO => Some("prepare from slot 0"),
+            Message::Promise(m) if m.entries.len() > limits::PROMISE_ENTRIES_MAX => Some("promise too long"),
+            Message::CatchUpReply(m) if m.entries.len() > limits::CATCH_UP_ENTRIES_MAX => Some("catch-up reply too long"),
+            Message::CatchUpReply(m) if !contiguous(m.entries.iter().map(|(s, _)| *s)) => {
+                Some("catch-up reply not contiguous")
+            }
+            Message::CatchUpRequest(m) if m.from == Slot::ZERO => Some("catch-up from slot 0"),
+            Message::RebuildProbeReply(m) if m.membership.entries.is_empty() => Some("empty membership"),
+            Message::SnapshotRequired(m) if m.handle.membership.entries.is_empty() => Some("empty membership"),
+            _ => None,
+        }
+    }
+}
+
+fn contiguous(slots: impl Iterator<Item = Slot>) -> bool {
+    let mut previous: Option<Slot> = None;
+    for slot in slots {
+        if slot == Slot::ZERO || previous.is_some_and(|p| p.next() != slot) {
+            return false;
+        }
+        previous = Some(slot);
+    }
+    true
+}

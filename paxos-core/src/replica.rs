@@ -1,0 +1,543 @@
+//! The replica: one state machine playing acceptor, learner and (when elected) master.
+//!
+//! Inputs are `handle_*` calls and `propose*`; outputs are drained with `poll_action`. Handlers for
+//! each message kind live in `acceptor.rs`, `master.rs` and `learner.rs`.
+
+use crate::action::{Action, Outgoing, ProposeError, RoleKind};
+use crate::durable::{DurableState, Record, SlotState};
+use crate::message::{Envelope, Message};
+use crate::rng::Rng;
+use crate::settings::Settings;
+use crate::types::{
+    Ballot, Config, Entry, EntryId, EntryKind, Epoch, Incarnation, MembershipChange, MembershipLog, NodeId,
+    SnapshotHandle, Slot, Value,
+};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// A voter identity: votes count only under the incarnation the config names.
+pub(crate) type Voter = (NodeId, Incarnation);
+
+/// Deliberately broken behaviours, one per simulator checker, to show the checkers have teeth.
+/// Settable only with the `planted-bugs` feature, which no binary enables.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlantedBugs {
+    /// Acceptors take accepts below their promise.
+    pub acceptor_ignores_ballot: bool,
+    /// Learners take their accepted value as chosen whatever ballot it was accepted under.
+    pub learn_ignores_ballot: bool,
+    /// The master counts its lease for the full grant, without the drift margin.
+    pub lease_without_drift_margin: bool,
+    /// The master serves lease reads without a valid lease.
+    pub read_ignores_lease: bool,
+    /// The master acknowledges a submit as soon as it proposes it.
+    pub ack_before_chosen: bool,
+    /// A master that loses and regains mastership keeps its old submits and acknowledges them.
+    pub keep_proposals_across_epochs: bool,
+    /// A replica that lost its state votes at once under its old incarnation.
+    pub rebuild_votes_at_once: bool,
+    /// Catch-up requests are ignored (a liveness bug).
+    pub ignore_catch_up: bool,
+}
+
+/// An acceptor's grant of a master lease: it promises no other ballot before `until` (its ticks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LeaseGrant {
+    /// `None` after a restart: the replica may have granted a lease it no longer remembers.
+    pub holder: Option<Ballot>,
+    pub until: u64,
+}
+
+pub(crate) enum Role {
+    Follower,
+    /// Pre-vote: asking whether a majority would promise, without raising anyone's ballot.
+    PreCandidate { ballot: Ballot, started: u64, oks: BTreeSet<Voter> },
+    /// Phase 1 in progress.
+    Candidate { ballot: Ballot, started: u64, lease_tick: u64, promises: BTreeMap<Voter, crate::message::Promise> },
+    Master(Box<Master>),
+}
+
+pub(crate) struct InFlight {
+    pub value: Value,
+    pub votes: BTreeSet<Voter>,
+}
+
+/// A master's state, owned by the `Role::Master` variant.
+pub(crate) struct Master {
+    pub ballot: Ballot,
+    pub epoch: Epoch,
+    /// Phase-1 promises by voter: what each reported, by slot.
+    pub promises: BTreeMap<Voter, BTreeMap<Slot, crate::message::Reported>>,
+    /// The first slot phase 1 covered.
+    pub from: Slot,
+    /// The highest slot any promise reported: lease reads wait until it is chosen.
+    pub recover_through: Slot,
+    pub next_slot: Slot,
+    pub in_flight: BTreeMap<Slot, InFlight>,
+    /// Submits not yet in a slot.
+    pub queue: VecDeque<Entry>,
+    /// Submits of this epoch not yet acknowledged or failed.
+    pub outstanding: BTreeSet<EntryId>,
+    pub next_seq: u64,
+    /// Lease requests by the tick they were sent: who granted each.
+    pub lease_rounds: BTreeMap<u64, BTreeSet<Voter>>,
+    /// The lease holds while `now < lease_until`.
+    pub lease_until: u64,
+    pub last_heartbeat: u64,
+    pub last_digest: u64,
+    pub last_prepare_retry: u64,
+    /// Nodes whose rejoin (reincarnation) is being proposed.
+    pub rejoining: BTreeSet<NodeId>,
+}
+
+pub(crate) enum Rebuild {
+    /// Asking peers what they know of the group and of us.
+    Probing { replies: BTreeMap<NodeId, crate::message::RebuildProbeReply>, last_probe: Option<u64> },
+    /// Learning the log up to `target` without voting.
+    CatchingUp { target: Slot },
+    /// Caught up; waiting for a reincarnation chosen through the log to take effect.
+    AwaitingVote { last_rejoin: Option<u64> },
+}
+
+pub(crate) struct CatchUp {
+    pub last_request: Option<u64>,
+    pub fetching_snapshot: Option<u64>,
+}
+
+/// One Multi-Paxos replica. See the crate docs for the input/output contract.
+pub struct Replica {
+    pub(crate) node: NodeId,
+    pub(crate) incarnation: Incarnation,
+    pub(crate) settings: Settings,
+    pub(crate) rng: Rng,
+    /// Ticks of this replica's clock since it started.
+    pub(crate) now: u64,
+    /// Invariant: never decreases while the replica runs.
+    pub(crate) promised: Ballot,
+    pub(crate) max_ballot_seen: Ballot,
+    /// Slots after `snapshot.slot`.
+    pub(crate) log: BTreeMap<Slot, SlotState>,
+    pub(crate) snapshot: SnapshotHandle,
+    /// Configs for slots after `chosen_through`, as decided by the chosen prefix.
+    pub(crate) membership: MembershipLog,
+    /// Invariant: every slot up to here is chosen and was emitted as `Apply`; `snapshot.slot <= chosen_through`.
+    pub(crate) chosen_through: Slot,
+    /// The highest chosen prefix any peer announced.
+    pub(crate) known_chosen: Slot,
+    pub(crate) lease_granted: Option<LeaseGrant>,
+    pub(crate) election_due: u64,
+    pub(crate) leader_hint: Option<NodeId>,
+    pub(crate) role: Role,
+    pub(crate) rebuild: Option<Rebuild>,
+    pub(crate) catch_up: CatchUp,
+    pub(crate) digests: BTreeMap<Slot, BTreeMap<NodeId, u64>>,
+    pub(crate) corrupt: bool,
+    /// Submits kept across epochs (only with the planted bug).
+    pub(crate) stash: Vec<Entry>,
+    /// Peers the driver named: whom a rebuilding replica asks before it knows the group.
+    pub(crate) seed_peers: Vec<NodeId>,
+    pub(crate) actions: VecDeque<Action>,
+    #[cfg(feature = "planted-bugs")]
+    pub(crate) planted: PlantedBugs,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("node", &self.node)
+            .field("incarnation", &self.incarnation)
+            .field("role", &self.role_kind())
+            .field("promised", &self.promised)
+            .field("chosen_through", &self.chosen_through)
+            .field("rebuilding", &self.rebuild.is_some())
+            .finish()
+    }
+}
+
+impl Replica {
+    fn blank(node: NodeId, incarnation: Incarnation, settings: Settings, seed: u64, membership: MembershipLog) -> Replica {
+        assert_eq!(settings.invalid(), None, "invalid settings");
+        let mut replica = Replica {
+            node,
+            incarnation,
+            settings,
+            rng: Rng::new(seed ^ node.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            now: 0,
+            promised: Ballot::ZERO,
+            max_ballot_seen: Ballot::ZERO,
+            log: BTreeMap::new(),
+            snapshot: SnapshotHandle { slot: Slot::ZERO, membership: membership.clone() },
+            membership,
+            chosen_through: Slot::ZERO,
+            known_chosen: Slot::ZERO,
+            lease_granted: None,
+            election_due: 0,
+            leader_hint: None,
+            role: Role::Follower,
+            rebuild: None,
+            catch_up: CatchUp { last_request: None, fetching_snapshot: None },
+            digests: BTreeMap::new(),
+            corrupt: false,
+            stash: Vec::new(),
+            seed_peers: Vec::new(),
+            actions: VecDeque::new(),
+            #[cfg(feature = "planted-bugs")]
+            planted: PlantedBugs::default(),
+        };
+        replica.reset_election_timer();
+        replica
+    }
+
+    /// A member of a brand-new cluster. Emits the bootstrap record to persist.
+    pub fn bootstrap(node: NodeId, config: Config, settings: Settings, seed: u64) -> Replica {
+        let incarnation = config.incarnation_of(node).expect("a bootstrapping node is in the initial config");
+        let membership = MembershipLog::initial(config);
+        let mut replica = Replica::blank(node, incarnation, settings, seed, membership.clone());
+        replica.persist(vec![Record::Bootstrap { node, incarnation, membership }], Vec::new());
+        replica
+    }
+
+    /// A replica restarting from the records that survived on its disk. It refuses to promise for one
+    /// full lease after the restart, since it may have granted a lease it no longer remembers.
+    pub fn recover(state: DurableState, peers: Vec<NodeId>, settings: Settings, seed: u64) -> Replica {
+        if state.rebuilding {
+            // A rebuild interrupted by a crash starts over; the new incarnation will be higher.
+            let mut replica = Replica::rebuild(state.node, peers, settings, seed);
+            replica.incarnation = state.incarnation;
+            return replica;
+        }
+        let mut replica = Replica::blank(state.node, state.incarnation, settings, seed, state.snapshot.membership.clone());
+        replica.promised = state.promised;
+        replica.max_ballot_seen = state.promised;
+        replica.snapshot = state.snapshot;
+        replica.chosen_through = replica.snapshot.slot;
+        replica.log = state.log;
+        replica.lease_granted = Some(LeaseGrant { holder: None, until: replica.settings.lease_ticks + 1 });
+        replica.advance_chosen();
+        replica
+    }
+
+    /// A replica whose state was lost or found corrupt (PML 5.1): it asks its peers what they know,
+    /// takes a new incarnation, catches up without voting, and votes again only once a reincarnation
+    /// chosen after this moment takes effect. Its application state must start empty.
+    pub fn rebuild(node: NodeId, peers: Vec<NodeId>, settings: Settings, seed: u64) -> Replica {
+        let placeholder = MembershipLog::initial(Config::default());
+        let mut replica = Replica::blank(node, Incarnation(0), settings, seed, placeholder);
+        replica.seed_peers = peers;
+        replica.rebuild = Some(Rebuild::Probing { replies: BTreeMap::new(), last_probe: None });
+        replica.lease_granted = Some(LeaseGrant { holder: None, until: replica.settings.lease_ticks + 1 });
+        replica
+    }
+
+    /// Turns on deliberately broken behaviours (simulator teeth tests only).
+    #[cfg(feature = "planted-bugs")]
+    pub fn plant_bugs(&mut self, bugs: PlantedBugs) {
+        self.planted = bugs;
+    }
+
+    pub(crate) fn bugs(&self) -> PlantedBugs {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.planted
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            PlantedBugs::default()
+        }
+    }
+
+    // ----- inputs -----
+
+    /// One tick of this replica's clock passed.
+    pub fn handle_tick(&mut self) {
+        self.now += 1;
+        if self.corrupt {
+            return;
+        }
+        if self.rebuild.is_some() {
+            self.tick_rebuild();
+        }
+        match self.role {
+            Role::Follower => self.tick_follower(),
+            Role::PreCandidate { started, .. } | Role::Candidate { started, .. } => {
+                if self.now >= started + self.settings.election_timeout_ticks {
+                    self.become_follower();
+                }
+            }
+            Role::Master(_) => self.tick_master(),
+        }
+        self.tick_catch_up();
+    }
+
+    /// A message from a peer (or from this replica to itself). Invalid messages are dropped.
+    pub fn handle_message(&mut self, envelope: Envelope) {
+        if self.corrupt || envelope.message.invalid().is_some() {
+            return;
+        }
+        let Envelope { from, incarnation, message } = envelope;
+        let voter = (from, incarnation);
+        match message {
+            Message::Probe(m) => self.on_probe(from, m),
+            Message::ProbeReply(m) => self.on_probe_reply(voter, m),
+            Message::Prepare(m) => self.on_prepare(from, m),
+            Message::Promise(m) => self.on_promise(voter, m),
+            Message::Accept(m) => self.on_accept(from, m),
+            Message::Accepted(m) => self.on_accepted(voter, m),
+            Message::Nack(m) => self.on_nack(voter, m),
+            Message::Heartbeat(m) => self.on_heartbeat(from, m),
+            Message::HeartbeatAck(m) => self.on_heartbeat_ack(voter, m),
+            Message::CatchUpRequest(m) => self.on_catch_up_request(from, m),
+            Message::CatchUpReply(m) => self.on_catch_up_reply(from, m),
+            Message::SnapshotRequired(m) => self.on_snapshot_required(from, m),
+            Message::DigestReport(m) => self.on_digest_report(from, m),
+            Message::RebuildProbe(_) => self.on_rebuild_probe(from),
+            Message::RebuildProbeReply(m) => self.on_rebuild_probe_reply(from, m),
+            Message::Rejoin(_) => self.on_rejoin(voter),
+        }
+    }
+
+    /// Submits application bytes. Only the master accepts; the entry is acknowledged with
+    /// `Action::Committed` or refused with `Action::Failed`.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<EntryId, ProposeError> {
+        let bytes = data.len();
+        if bytes > self.settings.batch_bytes_max {
+            return Err(ProposeError::TooLarge { bytes, max: self.settings.batch_bytes_max });
+        }
+        self.submit(EntryKind::App(data))
+    }
+
+    /// Submits a membership change (one at a time; it takes effect `window_slots` after its slot).
+    pub fn propose_membership(&mut self, change: MembershipChange) -> Result<EntryId, ProposeError> {
+        if self.membership_change_pending() {
+            return Err(ProposeError::Membership("another membership change is in progress"));
+        }
+        self.membership.latest().apply(&change).map_err(ProposeError::Membership)?;
+        self.submit(EntryKind::Reconfigure(change))
+    }
+
+    /// The application finished a snapshot taken with `snapshot_handle`: the log before it may go.
+    pub fn handle_snapshot_done(&mut self, handle: SnapshotHandle) {
+        assert!(handle.slot <= self.chosen_through, "snapshot of a slot not yet applied");
+        if handle.slot <= self.snapshot.slot {
+            return;
+        }
+        self.log = self.log.split_off(&handle.slot.next());
+        self.snapshot = handle.clone();
+        self.persist(vec![Record::Snapshot(handle)], Vec::new());
+    }
+
+    // ----- outputs and getters -----
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub fn drain_actions(&mut self) -> impl Iterator<Item = Action> + '_ {
+        self.actions.drain(..)
+    }
+
+    /// A handle for a snapshot of the application state as applied through `chosen_through()`.
+    pub fn snapshot_handle(&self) -> SnapshotHandle {
+        let mut membership = self.membership.clone();
+        membership.forget_before(self.chosen_through.next());
+        SnapshotHandle { slot: self.chosen_through, membership }
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+    pub fn incarnation(&self) -> Incarnation {
+        self.incarnation
+    }
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+    pub fn chosen_through(&self) -> Slot {
+        self.chosen_through
+    }
+    pub fn promised(&self) -> Ballot {
+        self.promised
+    }
+    pub fn snapshot_slot(&self) -> Slot {
+        self.snapshot.slot
+    }
+    pub fn leader_hint(&self) -> Option<NodeId> {
+        self.leader_hint
+    }
+    pub fn is_rebuilding(&self) -> bool {
+        self.rebuild.is_some()
+    }
+    pub fn is_corrupt(&self) -> bool {
+        self.corrupt
+    }
+    /// The config in force for the next slot to be chosen.
+    pub fn config(&self) -> &Config {
+        self.membership.config_at(self.chosen_through.next())
+    }
+    pub fn membership(&self) -> &MembershipLog {
+        &self.membership
+    }
+    pub fn role_kind(&self) -> RoleKind {
+        match self.role {
+            Role::Follower => RoleKind::Follower,
+            Role::PreCandidate { .. } | Role::Candidate { .. } => RoleKind::Candidate,
+            Role::Master(_) => RoleKind::Master,
+        }
+    }
+    pub fn epoch(&self) -> Option<Epoch> {
+        match &self.role {
+            Role::Master(m) => Some(m.epoch),
+            _ => None,
+        }
+    }
+
+    /// True while this replica is master under a lease that a majority granted and that has not run
+    /// out on its clock (drift margin included).
+    pub fn holds_lease(&self) -> bool {
+        match &self.role {
+            Role::Master(m) => self.now < m.lease_until,
+            _ => false,
+        }
+    }
+
+    /// True when a read of the local application state is linearizable without a log round (PML
+    /// 5.2): master, valid lease, and every slot that could have been chosen before this tenure is
+    /// chosen and applied here.
+    pub fn lease_read_ok(&self) -> bool {
+        match &self.role {
+            Role::Master(m) => {
+                (self.bugs().read_ignores_lease || self.now < m.lease_until) && self.chosen_through >= m.recover_through
+            }
+            _ => false,
+        }
+    }
+
+    // ----- shared helpers -----
+
+    pub(crate) fn envelope(&self, message: Message) -> Envelope {
+        Envelope { from: self.node, incarnation: self.incarnation, message }
+    }
+
+    pub(crate) fn outgoing(&self, to: NodeId, message: Message) -> Outgoing {
+        Outgoing { to, envelope: self.envelope(message) }
+    }
+
+    pub(crate) fn send(&mut self, to: NodeId, message: Message) {
+        let outgoing = self.outgoing(to, message);
+        self.actions.push_back(Action::Send(outgoing));
+    }
+
+    pub(crate) fn send_all(&mut self, to: &[NodeId], message: Message) {
+        if let Some((last, rest)) = to.split_last() {
+            for node in rest {
+                self.send(*node, message.clone());
+            }
+            self.send(*last, message);
+        }
+    }
+
+    pub(crate) fn persist(&mut self, records: Vec<Record>, messages: Vec<Outgoing>) {
+        self.actions.push_back(Action::Persist { records, messages });
+    }
+
+    /// Every member of every config in force from the next unchosen slot on (where messages go).
+    pub(crate) fn members(&self) -> Vec<NodeId> {
+        let mut members: BTreeSet<NodeId> = BTreeSet::new();
+        for config in self.window_configs() {
+            members.extend(config.members());
+        }
+        members.into_iter().collect()
+    }
+
+    /// The configs in force for the slots a master may have in flight.
+    pub(crate) fn window_configs(&self) -> impl Iterator<Item = &Config> {
+        let from = self.chosen_through.next();
+        self.membership.configs_between(from, from.plus(self.settings.window_slots))
+    }
+
+    /// True if `voters` hold a majority of every config in the window.
+    pub(crate) fn quorum_of_window(&self, voters: &BTreeSet<Voter>) -> bool {
+        self.window_configs().all(|config| config.count_voters(voters) >= config.quorum())
+    }
+
+    pub(crate) fn is_voter_now(&self) -> bool {
+        self.rebuild.is_none() && self.config().is_voter(self.node, self.incarnation)
+    }
+
+    pub(crate) fn reset_election_timer(&mut self) {
+        let jitter = self.rng.below(self.settings.election_jitter_ticks + 1);
+        self.election_due = self.now + self.settings.election_timeout_ticks + jitter;
+    }
+
+    /// Leaves any master or candidate role. Submits of the ended tenure fail (PML 5.3).
+    pub(crate) fn become_follower(&mut self) {
+        let previous = std::mem::replace(&mut self.role, Role::Follower);
+        self.reset_election_timer();
+        match previous {
+            Role::Follower => return,
+            Role::Master(master) => self.fail_tenure(*master),
+            Role::PreCandidate { .. } | Role::Candidate { .. } => {}
+        }
+        self.actions.push_back(Action::RoleChanged { role: RoleKind::Follower, epoch: None });
+    }
+
+    fn fail_tenure(&mut self, master: Master) {
+        if self.bugs().keep_proposals_across_epochs {
+            self.stash.extend(master.queue);
+            for flight in master.in_flight.into_values() {
+                self.stash.extend(flight.value.entries.into_iter().filter(|e| e.id.epoch == master.epoch));
+            }
+            return;
+        }
+        for id in master.outstanding {
+            self.actions.push_back(Action::Failed { id, error: ProposeError::EpochChanged { submitted: master.epoch } });
+        }
+    }
+
+    fn submit(&mut self, kind: EntryKind) -> Result<EntryId, ProposeError> {
+        let hint = self.leader_hint.filter(|n| *n != self.node);
+        let Role::Master(master) = &mut self.role else {
+            return Err(ProposeError::NotMaster { hint });
+        };
+        if master.queue.len() >= crate::limits::PENDING_ENTRIES_MAX {
+            return Err(ProposeError::Overloaded);
+        }
+        let id = EntryId { epoch: master.epoch, seq: master.next_seq };
+        master.next_seq += 1;
+        master.queue.push_back(Entry { id, kind });
+        master.outstanding.insert(id);
+        self.fill_window();
+        Ok(id)
+    }
+
+    fn membership_change_pending(&self) -> bool {
+        let last_start = self.membership.entries.last().map(|(s, _)| *s).unwrap_or(Slot::ZERO);
+        if last_start > self.chosen_through.next() {
+            return true;
+        }
+        let Role::Master(master) = &self.role else { return false };
+        let reconfigure = |e: &Entry| matches!(e.kind, EntryKind::Reconfigure(_));
+        master.queue.iter().any(reconfigure)
+            || master.in_flight.values().any(|f| f.value.entries.iter().any(reconfigure))
+    }
+
+    /// Checks the invariants that must hold between any two steps. Cheap enough to run after every
+    /// step in tests and simulation; violations are programmer errors and panic.
+    pub fn check_invariants(&self) {
+        assert!(self.snapshot.slot <= self.chosen_through, "snapshot beyond chosen prefix");
+        assert!(self.max_ballot_seen >= self.promised, "promise above the highest ballot seen");
+        if let Some((first, _)) = self.log.first_key_value() {
+            assert!(*first > self.snapshot.slot, "log holds a slot behind the snapshot");
+        }
+        if let Some(state) = self.log.get(&self.chosen_through.next()) {
+            assert!(!state.is_chosen(), "chosen prefix not advanced over a chosen slot");
+        }
+        if let Role::Master(m) = &self.role {
+            assert!(m.next_slot > self.chosen_through || m.in_flight.is_empty(), "master window behind");
+            assert!(m.ballot <= self.max_ballot_seen, "master ballot above the highest seen");
+            for slot in m.in_flight.keys() {
+                assert!(*slot <= self.chosen_through.plus(self.settings.window_slots), "slot beyond the window");
+            }
+        }
+        assert!(!(self.rebuild.is_some() && matches!(self.role, Role::Master(_))), "rebuilding master");
+    }
+}
