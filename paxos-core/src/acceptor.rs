@@ -78,7 +78,9 @@ impl Replica {
         if self.rebuild.is_some() && !self.bugs().rebuild_votes_at_once {
             return;
         }
-        if !self.would_promise(prepare.ballot) {
+        // A master asking again (for a voter of a newer config) gets the same promise again.
+        let repeat = prepare.ballot == self.promised && self.rebuild.is_none();
+        if !repeat && !self.would_promise(prepare.ballot) {
             let nack = Nack { rejected: prepare.ballot, promised: self.promised };
             self.send(from, Message::Nack(nack));
             return;

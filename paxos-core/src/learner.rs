@@ -7,7 +7,7 @@ use crate::message::{
     CatchUpReply, CatchUpRequest, DigestReport, Message, RebuildProbe, RebuildProbeReply, Rejoin, SnapshotRequired,
 };
 use crate::replica::{Rebuild, Replica, Role};
-use crate::types::{Ballot, EntryKind, Incarnation, NodeId, SnapshotHandle, Slot, Value};
+use crate::types::{Ballot, EntryKind, Incarnation, MembershipChange, NodeId, SnapshotHandle, Slot, Value};
 use crate::limits;
 use std::collections::BTreeMap;
 
@@ -105,8 +105,15 @@ impl Replica {
             return;
         }
         if self.known_chosen > self.chosen_through {
-            if let Some(hint) = self.leader_hint {
-                self.request_catch_up(hint);
+            // Ask the master most of the time, a random member otherwise: the master may be gone.
+            let members = self.members();
+            let random = members.get(self.rng.below(members.len() as u64) as usize).copied();
+            let target = match self.leader_hint {
+                Some(hint) if self.rng.chance(600_000) => Some(hint),
+                _ => random.or(self.leader_hint),
+            };
+            if let Some(target) = target {
+                self.request_catch_up(target);
             }
         }
     }
@@ -122,6 +129,9 @@ impl Replica {
         if from <= self.snapshot.slot {
             let handle = self.snapshot.clone();
             self.send(to, Message::SnapshotRequired(SnapshotRequired { handle }));
+            return;
+        }
+        if from > self.chosen_through {
             return;
         }
         let entries: Vec<(Slot, Value)> = self
@@ -280,6 +290,7 @@ impl Replica {
             snapshot: self.snapshot.clone(),
             membership: self.membership.clone(),
             chosen_through: self.chosen_through,
+            incarnation_seen: self.incarnation_seen(from),
         };
         self.send(from, Message::RebuildProbeReply(reply));
     }
@@ -288,13 +299,13 @@ impl Replica {
         let Some(Rebuild::Probing { replies, .. }) = &mut self.rebuild else { return };
         replies.insert(from, reply);
         let Some(best) = replies.values().max_by_key(|r| r.chosen_through) else { return };
-        let config = best.membership.latest().clone();
-        let answered = config.voters.keys().filter(|n| replies.contains_key(n)).count();
-        if answered < config.quorum() || !config.contains(self.node) {
+        let configs: Vec<_> = best.membership.entries.iter().map(|(_, c)| c).collect();
+        let majorities = configs.iter().all(|c| c.voters.keys().filter(|n| replies.contains_key(n)).count() >= c.quorum());
+        if !majorities || !best.membership.latest().contains(self.node) {
             return;
         }
-        let known = replies.values().filter_map(|r| r.membership.latest().incarnation_of(self.node)).max();
-        let known = known.unwrap_or(Incarnation(0)).max(self.incarnation);
+        let known = replies.values().map(|r| r.incarnation_seen).max().unwrap_or(Incarnation(0));
+        let known = known.max(self.incarnation);
         let target = best.chosen_through;
         let source_snapshot = best.snapshot.clone();
         let source = *replies.iter().max_by_key(|(_, r)| r.chosen_through).map(|(n, _)| n).expect("non-empty");
@@ -326,6 +337,20 @@ impl Replica {
             self.actions.push_back(Action::FetchSnapshot { from: source, handle: snapshot });
         }
         self.check_rebuild_progress();
+    }
+
+    /// The highest incarnation of `node` this replica has seen in a config or an accepted value.
+    fn incarnation_seen(&self, node: NodeId) -> Incarnation {
+        let in_configs = self.membership.entries.iter().filter_map(|(_, c)| c.incarnation_of(node));
+        let in_log = self.log.values().flat_map(|state| {
+            state.value().entries.iter().filter_map(move |e| match &e.kind {
+                EntryKind::Reconfigure(MembershipChange::Reincarnate { node: n, incarnation }) if *n == node => {
+                    Some(*incarnation)
+                }
+                _ => None,
+            })
+        });
+        in_configs.chain(in_log).max().unwrap_or(Incarnation(0))
     }
 
     pub(crate) fn check_rebuild_progress(&mut self) {

@@ -160,11 +160,28 @@ impl Replica {
 
     fn propose_slot(&mut self, slot: Slot, value: Value) {
         let Role::Master(master) = &mut self.role else { return };
-        let accept = Accept { ballot: master.ballot, slot, value: value.clone(), chosen_through: self.chosen_through };
-        master.in_flight.insert(slot, InFlight { value, votes: BTreeSet::new() });
-        let mut to: Vec<NodeId> = self.membership.config_at(slot).members().collect();
-        to.sort();
+        master.in_flight.insert(slot, InFlight { value, votes: BTreeSet::new(), sent_at: self.now });
+        self.send_accept(slot);
+    }
+
+    /// Sends (or sends again) the accept for an in-flight slot to every member of its config.
+    fn send_accept(&mut self, slot: Slot) {
+        let Role::Master(master) = &mut self.role else { return };
+        let Some(flight) = master.in_flight.get_mut(&slot) else { return };
+        flight.sent_at = self.now;
+        let accept = Accept { ballot: master.ballot, slot, value: flight.value.clone(), chosen_through: self.chosen_through };
+        let to: Vec<NodeId> = self.membership.config_at(slot).members().collect();
         self.send_all(&to, Message::Accept(accept));
+    }
+
+    /// Accepts (or votes) lost in the network are sent again.
+    fn resend_stale_accepts(&mut self) {
+        let Role::Master(master) = &self.role else { return };
+        let due = self.now.saturating_sub(self.settings.retry_interval_ticks);
+        let stale: Vec<Slot> = master.in_flight.iter().filter(|(_, f)| f.sent_at <= due).map(|(s, _)| *s).collect();
+        for slot in stale {
+            self.send_accept(slot);
+        }
     }
 
     fn prepare_missing_voters(&mut self, slot: Slot) {
@@ -173,7 +190,8 @@ impl Replica {
             return;
         }
         master.last_prepare_retry = self.now;
-        let prepare = Prepare { ballot: master.ballot, from: master.from, lease_tick: self.now };
+        // Slots before our chosen prefix are settled: ask only about the rest.
+        let prepare = Prepare { ballot: master.ballot, from: self.chosen_through.next(), lease_tick: self.now };
         let missing: Vec<NodeId> = self
             .membership
             .config_at(slot)
@@ -281,6 +299,7 @@ impl Replica {
             self.submit_internal(EntryKind::DigestRequest);
         }
         self.refresh_lease();
+        self.resend_stale_accepts();
         self.fill_window();
     }
 

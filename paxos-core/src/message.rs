@@ -144,6 +144,10 @@ pub struct RebuildProbeReply {
     pub snapshot: SnapshotHandle,
     pub membership: MembershipLog,
     pub chosen_through: Slot,
+    /// The highest incarnation of the asking node the replier has seen anywhere: in any config,
+    /// applied or pending, and in any reincarnation it accepted. A chosen reincarnation was accepted
+    /// by a majority, so a majority of replies cannot miss it.
+    pub incarnation_seen: Incarnation,
 }
 
 /// A rebuilt or new replica that has caught up asks the master to make its incarnation count.

@@ -59,6 +59,8 @@ pub(crate) enum Role {
 pub(crate) struct InFlight {
     pub value: Value,
     pub votes: BTreeSet<Voter>,
+    /// When the accept was last sent: it is sent again after `retry_interval_ticks` without a quorum.
+    pub sent_at: u64,
 }
 
 /// A master's state, owned by the `Role::Master` variant.
@@ -335,7 +337,8 @@ impl Replica {
         self.actions.drain(..)
     }
 
-    /// A handle for a snapshot of the application state as applied through `chosen_through()`.
+    /// A handle for a snapshot of the application state as applied through `chosen_through()`. Take
+    /// it between steps, once the application has applied every `Apply` emitted so far.
     pub fn snapshot_handle(&self) -> SnapshotHandle {
         let mut membership = self.membership.clone();
         membership.forget_before(self.chosen_through.next());

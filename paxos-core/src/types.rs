@@ -8,7 +8,7 @@ use std::fmt;
 pub struct NodeId(pub u64);
 
 /// A position in the replicated log. Slot 0 is "before the log"; the first value goes in slot 1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Slot(pub u64);
 
 /// How many times a node's durable state was lost and rebuilt. A rebuilt replica speaks under a new

@@ -1,0 +1,138 @@
+//! The simulator's command line: replay one seed, or sweep many with a progress bar.
+
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::process::ExitCode;
+use std::time::Instant;
+use tests::sim::{run, Mode, Options};
+use tests::sweep::{bug_by_name, mode_for, replay_command, sweep, Modes, BUG_NAMES};
+
+/// Deterministic fault simulator for the Multi-Paxos engine.
+///
+/// Every run derives all its options from the seed; the same seed replays the same run bit for bit.
+/// A failure prints the seed and the command that replays it, and the exit code is 1.
+#[derive(Parser, Debug)]
+#[command(name = "sim", version)]
+struct Args {
+    /// Run this one seed and print its options, figures and trace hash.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// Sweep this many seeds.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// First seed of the sweep.
+    #[arg(long, default_value_t = 0)]
+    start: u64,
+    /// Safety (faults throughout), liveness (faults, then heal and require progress), or both
+    /// (even seeds safety, odd seeds liveness).
+    #[arg(long, value_enum, default_value_t = ModeArg::Both)]
+    mode: ModeArg,
+    /// Plant a deliberate bug in the engine (to see the checkers catch it).
+    #[arg(long, value_parser = BUG_NAMES.to_vec())]
+    bug: Option<String>,
+    /// Worker threads for a sweep (default: all cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Print figures as JSON.
+    #[arg(long)]
+    json: bool,
+    /// With --seed: print every event as it happens.
+    #[arg(long, requires = "seed")]
+    trace: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ModeArg {
+    Safety,
+    Liveness,
+    Both,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let bugs = args.bug.as_deref().map(|b| bug_by_name(b).expect("validated by clap")).unwrap_or_default();
+    let modes = match args.mode {
+        ModeArg::Safety => Modes::Safety,
+        ModeArg::Liveness => Modes::Liveness,
+        ModeArg::Both => Modes::Both,
+    };
+    if let Some(seed) = args.seed {
+        return run_one(seed, mode_for(seed, modes), bugs, args.bug.as_deref(), args.json, args.trace);
+    }
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let bar = ProgressBar::new(args.seeds);
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {elapsed} (eta {eta})").expect("valid template"));
+    if args.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let started = Instant::now();
+    let summary = sweep(args.start, args.seeds, modes, bugs, jobs, || bar.inc(1));
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = seconds * jobs as f64;
+    let failed = summary.failure.is_some();
+    if args.json {
+        println!(
+            "{{\"seeds\":{},\"failures\":{},\"events\":{},\"deliveries\":{},\"seconds\":{:.3},\"jobs\":{},\"events_per_cpu_second\":{:.0},\"deliveries_per_cpu_second\":{:.0},\"acked\":{},\"crashes\":{},\"wipes\":{},\"partitions\":{},\"membership_changes\":{},\"lease_reads\":{},\"snapshots_installed\":{}}}",
+            summary.seeds, summary.failures, summary.events, summary.deliveries, seconds, jobs,
+            summary.events as f64 / cpu_seconds, summary.deliveries as f64 / cpu_seconds,
+            summary.acked, summary.crashes, summary.wipes, summary.partitions, summary.membership_changes,
+            summary.lease_reads, summary.snapshots_installed
+        );
+    } else {
+        println!(
+            "{} seeds, {} violations | {:.1} s on {} threads | {} events ({:.0}/s per core) | {} message deliveries ({:.0}/s per core) | simulated {:.0} s",
+            summary.seeds,
+            summary.failures,
+            seconds,
+            jobs,
+            summary.events,
+            summary.events as f64 / cpu_seconds,
+            summary.deliveries,
+            summary.deliveries as f64 / cpu_seconds,
+            summary.virtual_ns as f64 / 1e9
+        );
+        println!(
+            "faults: {} crashes, {} state losses (rebuilds), {} partitions, {} membership changes | {} acknowledged submits, {} lease reads, {} snapshots installed",
+            summary.crashes, summary.wipes, summary.partitions, summary.membership_changes, summary.acked, summary.lease_reads,
+            summary.snapshots_installed
+        );
+    }
+    match summary.failure {
+        None => ExitCode::SUCCESS,
+        Some((seed, mode, violation)) => {
+            eprintln!("FAILED seed {seed}: {violation}");
+            eprintln!("replay: {}", replay_command(seed, mode, args.bug.as_deref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_one(seed: u64, mode: Mode, bugs: paxos_core::PlantedBugs, bug: Option<&str>, json: bool, trace: bool) -> ExitCode {
+    let mut options = Options::from_seed(seed, mode, bugs);
+    options.trace = trace;
+    if !json {
+        println!("{options:#?}");
+    }
+    let started = Instant::now();
+    let outcome = run(options);
+    let seconds = started.elapsed().as_secs_f64();
+    let s = &outcome.stats;
+    if json {
+        println!(
+            "{{\"seed\":{seed},\"failed\":{},\"events\":{},\"deliveries\":{},\"trace_hash\":\"{:016x}\",\"seconds\":{seconds:.3}}}",
+            outcome.violation.is_some(), s.events, s.deliveries, s.trace_hash
+        );
+    } else {
+        println!("{s:#?}");
+        println!("trace hash {:016x}, {:.3} s, {:.0} deliveries/s", s.trace_hash, seconds, s.deliveries as f64 / seconds);
+    }
+    match outcome.violation {
+        None => ExitCode::SUCCESS,
+        Some(violation) => {
+            eprintln!("FAILED seed {seed}: {violation}");
+            eprintln!("replay: {}", replay_command(seed, mode, bug));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Ground truth the simulator can see and no replica can: which value each slot has *really* chosen
+//! (a majority of the slot's voters durably accepted it under one ballot), the history that implies,
+//! and the safety checkers built on it.
+
+use crate::app::chain;
+use paxos_core::{Ballot, Config, EntryId, EntryKind, Incarnation, MembershipLog, NodeId, Slot, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// Which checker found a violation. Each one has a teeth test with a planted bug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Check {
+    /// At most one value is chosen per slot.
+    OneValuePerSlot,
+    /// Every replica applies the chosen value of every slot, in order: chosen prefixes agree.
+    PrefixAgreement,
+    /// At any instant of true time at most one replica holds a valid lease.
+    LeaseOverlap,
+    /// No lease read returns a state older than an acknowledged write or an earlier read.
+    StaleRead,
+    /// Every acknowledged submit is in the chosen value of the slot it was acknowledged for.
+    AckedLost,
+    /// A submit is acknowledged only by a master continuously in the epoch it was submitted under.
+    Epoch,
+    /// A replica that lost its state never promises or accepts before it votes again.
+    RebuildVoted,
+    /// After faults heal, a master is elected, new submits are chosen, and every member catches up.
+    Liveness,
+    /// An assertion in the engine (an invariant) or the simulator failed.
+    Panic,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub check: Check,
+    pub at_ns: u64,
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} violated at t={:.6}s: {}", self.check, self.at_ns as f64 / 1e9, self.detail)
+    }
+}
+
+type Voter = (NodeId, Incarnation);
+
+struct SlotVotes {
+    /// Durable accepts by ballot: the value and who accepted it.
+    by_ballot: BTreeMap<Ballot, (Value, BTreeSet<Voter>)>,
+}
+
+#[allow(missing_debug_implementations)]
+pub struct Oracle {
+    window: u64,
+    votes: BTreeMap<Slot, SlotVotes>,
+    /// Slots a majority really chose, and their values.
+    pub chosen: BTreeMap<Slot, Value>,
+    /// Every slot through here is chosen.
+    pub prefix: Slot,
+    /// Hash chain of the chosen history at each slot of the prefix.
+    chains: BTreeMap<Slot, u64>,
+    /// Membership as the chosen prefix decides it.
+    pub membership: MembershipLog,
+    /// Acknowledged submits: where they were acknowledged.
+    acked: BTreeMap<EntryId, Slot>,
+    acked_by_slot: BTreeMap<Slot, Vec<EntryId>>,
+    pub max_acked_slot: Slot,
+    pub max_read_slot: Slot,
+    pub violation: Option<Violation>,
+}
+
+impl Oracle {
+    pub fn new(config: Config, window: u64) -> Oracle {
+        Oracle {
+            window,
+            votes: BTreeMap::new(),
+            chosen: BTreeMap::new(),
+            prefix: Slot::ZERO,
+            chains: BTreeMap::from([(Slot::ZERO, 0)]),
+            membership: MembershipLog::initial(config),
+            acked: BTreeMap::new(),
+            acked_by_slot: BTreeMap::new(),
+            max_acked_slot: Slot::ZERO,
+            max_read_slot: Slot::ZERO,
+            violation: None,
+        }
+    }
+
+    pub fn fail(&mut self, check: Check, at_ns: u64, detail: String) {
+        if self.violation.is_none() {
+            self.violation = Some(Violation { check, at_ns, detail });
+        }
+    }
+
+    /// The expected hash chain after applying the chosen history through `slot`.
+    pub fn chain_at(&self, slot: Slot) -> Option<u64> {
+        self.chains.get(&slot).copied()
+    }
+
+    /// An acceptor made an accept durable.
+    pub fn on_durable_accept(&mut self, now: u64, voter: Voter, slot: Slot, ballot: Ballot, value: &Value) {
+        let votes = self.votes.entry(slot).or_insert_with(|| SlotVotes { by_ballot: BTreeMap::new() });
+        let (held, voters) = votes.by_ballot.entry(ballot).or_insert_with(|| (value.clone(), BTreeSet::new()));
+        if held != value {
+            let detail = format!("two values accepted for {slot} under one ballot {ballot}");
+            self.fail(Check::OneValuePerSlot, now, detail);
+            return;
+        }
+        voters.insert(voter);
+        self.evaluate(now, slot);
+    }
+
+    fn evaluate(&mut self, now: u64, slot: Slot) {
+        if slot > self.prefix.plus(self.window) {
+            return; // its config is not decided yet; evaluated when the prefix gets there
+        }
+        let Some(votes) = self.votes.get(&slot) else { return };
+        let config = self.membership.config_at(slot);
+        let mut newly: Option<Value> = None;
+        for (ballot, (value, voters)) in &votes.by_ballot {
+            if config.count_voters(voters) < config.quorum() {
+                continue;
+            }
+            match self.chosen.get(&slot).or(newly.as_ref()) {
+                Some(chosen) if chosen != value => {
+                    let detail = format!("{slot} chose two values (the second under {ballot})");
+                    self.fail(Check::OneValuePerSlot, now, detail);
+                    return;
+                }
+                Some(_) => {}
+                None => newly = Some(value.clone()),
+            }
+        }
+        if let Some(value) = newly {
+            self.on_chosen(now, slot, value);
+        }
+    }
+
+    fn on_chosen(&mut self, now: u64, slot: Slot, value: Value) {
+        if let Some(ids) = self.acked_by_slot.get(&slot) {
+            if let Some(id) = ids.iter().find(|id| !contains(&value, **id)) {
+                let detail = format!("entry {id:?} was acknowledged at {slot}, but {slot} chose another value");
+                self.fail(Check::AckedLost, now, detail);
+            }
+        }
+        self.chosen.insert(slot, value);
+        let before = self.prefix;
+        while let Some(value) = self.chosen.get(&self.prefix.next()) {
+            let slot = self.prefix.next();
+            let previous = self.chains[&self.prefix];
+            self.chains.insert(slot, chain(previous, slot, value));
+            let mut config = self.membership.latest().clone();
+            let mut changed = false;
+            for entry in &value.entries {
+                if let EntryKind::Reconfigure(change) = &entry.kind {
+                    if let Ok(next) = config.apply(change) {
+                        config = next;
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                self.membership.push(slot.plus(self.window), config);
+            }
+            self.prefix = slot;
+        }
+        if self.prefix > before {
+            let pending: Vec<Slot> = self
+                .votes
+                .range(before.plus(self.window).next()..=self.prefix.plus(self.window))
+                .map(|(s, _)| *s)
+                .collect();
+            for slot in pending {
+                self.evaluate(now, slot);
+            }
+        }
+    }
+
+    /// A replica applied `value` at `slot`: it must be the chosen value.
+    pub fn on_apply(&mut self, now: u64, node: NodeId, slot: Slot, value: &Value) {
+        match self.chosen.get(&slot) {
+            Some(chosen) if chosen == value => {}
+            Some(_) => self.fail(Check::PrefixAgreement, now, format!("{node} applied a value at {slot} that is not the chosen one")),
+            None => self.fail(Check::PrefixAgreement, now, format!("{node} applied a value at {slot}, where nothing is chosen")),
+        }
+    }
+
+    /// A master acknowledged `id` as chosen at `slot`.
+    pub fn on_ack(&mut self, now: u64, id: EntryId, slot: Slot) {
+        self.acked.insert(id, slot);
+        self.acked_by_slot.entry(slot).or_default().push(id);
+        self.max_acked_slot = self.max_acked_slot.max(slot);
+        match self.chosen.get(&slot) {
+            Some(value) if contains(value, id) => {}
+            Some(_) => self.fail(Check::AckedLost, now, format!("entry {id:?} acknowledged at {slot}, which chose another value")),
+            None => {} // judged when the slot is chosen, and at the end of the run
+        }
+    }
+
+    /// A lease read at `node` saw the state applied through `applied`.
+    pub fn on_lease_read(&mut self, now: u64, node: NodeId, applied: Slot) {
+        if applied < self.max_acked_slot || applied < self.max_read_slot {
+            let detail = format!(
+                "{node} served a lease read at {applied}, but {} was acknowledged and {} already read",
+                self.max_acked_slot, self.max_read_slot
+            );
+            self.fail(Check::StaleRead, now, detail);
+        }
+        self.max_read_slot = self.max_read_slot.max(applied);
+    }
+
+    /// At the end of a run: every acknowledged entry must be chosen where it was acknowledged.
+    pub fn check_acks_final(&mut self, now: u64) {
+        let missing = self.acked.iter().find(|(id, slot)| !self.chosen.get(slot).is_some_and(|v| contains(v, **id)));
+        if let Some((id, slot)) = missing {
+            let detail = format!("entry {id:?} was acknowledged at {slot} but is not chosen there by the end");
+            self.fail(Check::AckedLost, now, detail);
+        }
+    }
+
+    pub fn acked_count(&self) -> usize {
+        self.acked.len()
+    }
+}
+
+fn contains(value: &Value, id: EntryId) -> bool {
+    value.entries.iter().any(|e| e.id == id)
+}
