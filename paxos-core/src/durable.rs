@@ -131,7 +131,8 @@ impl DurableState {
                 }
             }
             Record::Snapshot(handle) => {
-                if handle.slot > self.snapshot.slot {
+                let first_membership = self.snapshot.membership.latest().voters.is_empty();
+                if handle.slot > self.snapshot.slot || first_membership {
                     self.snapshot = handle.clone();
                     self.log = self.log.split_off(&handle.slot.next());
                 }

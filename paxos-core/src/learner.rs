@@ -329,7 +329,9 @@ impl Replica {
         if snapshot.slot == Slot::ZERO {
             // The source never truncated: replay from slot 1 on the bootstrap membership.
             self.membership = snapshot.membership.clone();
-            self.snapshot = snapshot;
+            self.snapshot = snapshot.clone();
+            // Remembered so a restart mid-rebuild resumes on the right membership.
+            self.persist(vec![Record::Snapshot(snapshot)], Vec::new());
             self.catch_up.last_request = Some(self.now);
             self.send(source, Message::CatchUpRequest(CatchUpRequest { from: Slot(1) }));
         } else {

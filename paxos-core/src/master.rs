@@ -59,7 +59,6 @@ impl Replica {
             ballot,
             epoch,
             promises: reports,
-            from: self.chosen_through.next(),
             recover_through,
             next_slot: self.chosen_through.next(),
             in_flight: BTreeMap::new(),
@@ -113,7 +112,10 @@ impl Replica {
                 self.prepare_missing_voters(slot);
                 return;
             }
-            let Some(value) = Self::next_value(master, config, slot, &self.settings) else { return };
+            // A membership change takes effect only once the slots before it are chosen: fill them
+            // with no-ops when there is nothing else to propose.
+            let pending_config = self.membership.entries.last().is_some_and(|(start, _)| *start > slot);
+            let Some(value) = Self::next_value(master, config, slot, &self.settings, pending_config) else { return };
             master.next_slot = slot.next();
             if ack_early {
                 self.ack_early(&value, slot);
@@ -122,7 +124,13 @@ impl Replica {
         }
     }
 
-    fn next_value(master: &mut Master, config: &crate::types::Config, slot: Slot, settings: &crate::settings::Settings) -> Option<Value> {
+    fn next_value(
+        master: &mut Master,
+        config: &crate::types::Config,
+        slot: Slot,
+        settings: &crate::settings::Settings,
+        pending_config: bool,
+    ) -> Option<Value> {
         let mut best: Option<(Ballot, &Value)> = None;
         for ((node, incarnation), reports) in &master.promises {
             if !config.is_voter(*node, *incarnation) {
@@ -143,7 +151,7 @@ impl Replica {
             return Some(Value::noop());
         }
         if master.queue.is_empty() {
-            return None;
+            return pending_config.then(Value::noop);
         }
         let mut entries = Vec::new();
         let mut bytes = 0;

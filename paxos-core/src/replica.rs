@@ -69,8 +69,6 @@ pub(crate) struct Master {
     pub epoch: Epoch,
     /// Phase-1 promises by voter: what each reported, by slot.
     pub promises: BTreeMap<Voter, BTreeMap<Slot, crate::message::Reported>>,
-    /// The first slot phase 1 covered.
-    pub from: Slot,
     /// The highest slot any promise reported: lease reads wait until it is chosen.
     pub recover_through: Slot,
     pub next_slot: Slot,
@@ -201,13 +199,20 @@ impl Replica {
     /// A replica restarting from the records that survived on its disk. It refuses to promise for one
     /// full lease after the restart, since it may have granted a lease it no longer remembers.
     pub fn recover(state: DurableState, peers: Vec<NodeId>, settings: Settings, seed: u64) -> Replica {
-        if state.rebuilding {
-            // A rebuild interrupted by a crash starts over; the new incarnation will be higher.
+        let known_group = !state.snapshot.membership.latest().voters.is_empty();
+        if state.rebuilding && !known_group {
+            // Interrupted before it learned anything: start over (the new incarnation will be higher).
             let mut replica = Replica::rebuild(state.node, peers, settings, seed);
             replica.incarnation = state.incarnation;
             return replica;
         }
         let mut replica = Replica::blank(state.node, state.incarnation, settings, seed, state.snapshot.membership.clone());
+        replica.seed_peers = peers;
+        if state.rebuilding {
+            // This incarnation never voted (votes follow RebuildDone on disk): finish the rebuild
+            // under it, from what was caught up so far.
+            replica.rebuild = Some(Rebuild::CatchingUp { target: Slot::ZERO });
+        }
         replica.promised = state.promised;
         replica.max_ballot_seen = state.promised;
         replica.snapshot = state.snapshot;

@@ -167,6 +167,8 @@ struct Node {
     was_member: bool,
     /// Highest incarnation of this node whose state was lost.
     lost_incarnation: Option<Incarnation>,
+    /// Lost its state and has not finished rebuilding yet (crashes in between included).
+    impaired: bool,
     /// Current master tenure and when it began (true time).
     tenure: Option<(Epoch, u64)>,
     last_snapshot_slot: Slot,
@@ -212,6 +214,7 @@ pub struct Sim {
     submits: BTreeMap<EntryId, (usize, u64)>,
     next_value: u64,
     liveness: Option<Liveness>,
+    last_membership_change: u64,
     stats: Stats,
     trace: Fnv,
 }
@@ -246,6 +249,7 @@ impl Sim {
             submits: BTreeMap::new(),
             next_value: 1,
             liveness: None,
+            last_membership_change: 0,
             stats: Stats::default(),
             trace: Fnv::new(options.seed),
             nodes,
@@ -339,12 +343,14 @@ impl Sim {
         for node in &self.nodes {
             let text = match &node.engine {
                 Some(e) if !node.retired => format!(
-                    "{}:{:?}/{}/chosen {}/{}",
+                    "{}:{:?}/{}/chosen {}/inc {}/promised {}/sees {:?}",
                     node.id,
                     e.role_kind(),
                     if e.is_rebuilding() { "rebuilding" } else { "voting" },
                     e.chosen_through(),
-                    e.incarnation().0
+                    e.incarnation().0,
+                    e.promised(),
+                    e.membership().entries.iter().map(|(s, c)| (s.0, c.voters.iter().map(|(n, i)| (n.0, i.0)).collect::<Vec<_>>())).collect::<Vec<_>>()
                 ),
                 Some(_) => format!("{}:retired", node.id),
                 None => format!("{}:down", node.id),
@@ -524,8 +530,13 @@ impl Sim {
     fn make_durable(&mut self, node: usize, incarnation: Incarnation, records: &[Record]) {
         let id = self.nodes[node].id;
         for record in records {
-            if let Record::Accepted { slot, ballot, value } = record {
-                self.oracle.on_durable_accept(self.now, (id, incarnation), *slot, *ballot, value);
+            match record {
+                Record::Accepted { slot, ballot, value } => {
+                    self.oracle.on_durable_accept(self.now, (id, incarnation), *slot, *ballot, value);
+                }
+                // Older snapshot files go once a newer one is recorded durably (as real storage does).
+                Record::Snapshot(handle) => self.nodes[node].disk.snapshots.retain(|slot, _| *slot >= handle.slot),
+                _ => {}
             }
         }
     }
@@ -609,9 +620,6 @@ impl Sim {
         }
         assert_eq!(state.applied, handle.slot, "snapshot state and handle disagree");
         n.disk.snapshots.insert(handle.slot, state);
-        while n.disk.snapshots.len() > 2 {
-            n.disk.snapshots.pop_first();
-        }
         n.engine.as_mut().expect("alive").handle_snapshot_done(handle);
         self.drain(node);
     }
@@ -749,6 +757,9 @@ impl Sim {
     /// The process dies: memory is gone, and only a prefix of what was written but not synced survives.
     fn crash(&mut self, node: usize) {
         self.stats.crashes += 1;
+        if self.options.trace {
+            println!("{:.6} {} crashes", self.now as f64 / 1e9, self.nodes[node].id);
+        }
         let n = &mut self.nodes[node];
         n.engine = None;
         n.generation += 1;
@@ -769,6 +780,10 @@ impl Sim {
             return;
         }
         if self.faults_on && self.rng.chance(self.options.wipe_ppm) && self.wipe_allowed(node) {
+            if self.options.trace {
+                let lost: Vec<usize> = self.configs_in_play().iter().map(|c| self.lost_voters(c)).collect();
+                println!("{:.6} wiping {}: configs in play {:?}, lost {lost:?}", self.now as f64 / 1e9, self.nodes[node].id, self.configs_in_play());
+            }
             self.restart_wiped(node);
             return;
         }
@@ -776,8 +791,11 @@ impl Sim {
         let n = &mut self.nodes[node];
         let state = match DurableState::recover(&n.disk.durable) {
             Ok(state) => state,
-            Err(_) => {
+            Err(error) => {
                 // Nothing usable on disk (e.g. it crashed before its first sync): rebuild.
+                if self.options.trace {
+                    println!("{:.6} {} cannot recover: {error}", self.now as f64 / 1e9, self.nodes[node].id);
+                }
                 return self.restart_wiped(node);
             }
         };
@@ -796,22 +814,36 @@ impl Sim {
         self.drain(node);
     }
 
-    /// Wiping is allowed only while the group keeps a majority of identities that remember.
+    /// Wiping is allowed only while every config still in play keeps a majority of identities that
+    /// remember (TigerBeetle's "faults constrained by recoverability"): otherwise the group could
+    /// rightly never decide again, and liveness mode would report it.
     fn wipe_allowed(&self, node: usize) -> bool {
-        let config = self.oracle.membership.latest();
-        let id = self.nodes[node].id;
-        if !config.voters.contains_key(&id) {
-            return true;
+        if self.now < self.last_membership_change + 5 * SECOND {
+            return false; // the change in flight may make this node a voter: wait until it settles
         }
-        let lost = config
-            .voters
+        let id = self.nodes[node].id;
+        self.configs_in_play().iter().all(|config| {
+            let extra = usize::from(config.voters.contains_key(&id));
+            self.lost_voters(config) + extra <= config.voters.len() - config.quorum()
+        })
+    }
+
+    /// The configs of slots that some live replica has not learned yet (a chosen slot nobody
+    /// remembers learning can only be learned again through a quorum of its config), and of those a
+    /// master may propose next.
+    fn configs_in_play(&self) -> Vec<Config> {
+        let learned = self
+            .nodes
             .iter()
-            .filter(|(n, inc)| {
-                self.index_of(**n).is_some_and(|i| self.nodes[i].lost_incarnation.is_some_and(|l| l >= **inc))
-            })
-            .count();
-        // Identities that remember must stay a majority, or the group can never decide again.
-        lost + 1 <= config.voters.len() - config.quorum()
+            .filter(|n| !n.retired)
+            .filter_map(|n| n.engine.as_ref().filter(|e| !e.is_rebuilding()).map(Replica::chosen_through))
+            .min()
+            .unwrap_or(Slot::ZERO);
+        let from = self.oracle.prefix.min(learned).next();
+        let to = from.plus(self.options.settings.window_slots);
+        let mut configs: Vec<Config> = self.oracle.membership.configs_between(from, to).cloned().collect();
+        configs.push(self.oracle.membership.latest().clone());
+        configs
     }
 
     /// How many voters of the latest config lost their state and have not rejoined.
@@ -819,20 +851,31 @@ impl Sim {
         config
             .voters
             .iter()
-            .filter(|(n, inc)| {
-                self.index_of(**n).is_some_and(|i| self.nodes[i].lost_incarnation.is_some_and(|l| l >= **inc))
-            })
+            .filter(|(n, inc)| self.impaired(**n, **inc))
             .count()
+    }
+
+    /// A voter identity that cannot vote until a rebuild completes: its state was lost, or its
+    /// replica is rebuilding.
+    fn impaired(&self, node: NodeId, incarnation: Incarnation) -> bool {
+        self.index_of(node).is_some_and(|i| {
+            let n = &self.nodes[i];
+            n.impaired || n.lost_incarnation.is_some_and(|l| l >= incarnation)
+        })
     }
 
     /// The node's whole state is lost (or found corrupt): it restarts empty, in rebuild mode.
     fn restart_wiped(&mut self, node: usize) {
         self.stats.wipes += 1;
+        if self.options.trace {
+            println!("{:.6} {} restarts with its state lost", self.now as f64 / 1e9, self.nodes[node].id);
+        }
         let peers = self.peer_ids();
         let n = &mut self.nodes[node];
         let known = self.oracle.membership.latest().incarnation_of(n.id);
         let lost = n.lost_incarnation.max(known);
         n.lost_incarnation = lost;
+        n.impaired = true;
         n.disk = Disk::default();
         n.app = Register::default();
         n.last_snapshot_slot = Slot::ZERO;
@@ -914,7 +957,9 @@ impl Sim {
         self.schedule(next, Event::Membership);
         let Some(master) = self.master_index() else { return };
         let config = self.oracle.membership.latest().clone();
-        let joined_learner = config.learners.iter().find(|(_, inc)| inc.0 > 0).map(|(n, _)| *n);
+        // An operator promotes a learner that joined and is healthy (not one that lost its state since).
+        let joined_learner =
+            config.learners.iter().find(|(n, inc)| inc.0 > 0 && !self.impaired(**n, **inc)).map(|(n, _)| *n);
         let change = if let Some(learner) = joined_learner {
             MembershipChange::Promote(learner)
         } else if config.voters.len() < 5 && self.nodes.len() < 12 && config.learners.is_empty() && self.rng.chance(600_000) {
@@ -923,7 +968,8 @@ impl Sim {
             let voters: Vec<NodeId> = config.voters.keys().copied().collect();
             let victim = voters[self.rng.below(voters.len() as u64) as usize];
             let smaller = config.apply(&MembershipChange::Remove(victim)).expect("a voter can be removed");
-            if self.lost_voters(&smaller) > smaller.voters.len() - smaller.quorum() {
+            let lost = self.configs_in_play().iter().map(|c| self.lost_voters(c)).max().unwrap_or(0);
+            if lost > smaller.voters.len() - smaller.quorum() {
                 return; // removing a healthy voter would leave too few that remember
             }
             MembershipChange::Remove(victim)
@@ -935,6 +981,7 @@ impl Sim {
             return;
         }
         self.stats.membership_changes += 1;
+        self.last_membership_change = self.now;
         self.drain(master);
         if let MembershipChange::AddLearner(id) = change {
             // The new node starts empty and joins through the rebuild path.
@@ -976,6 +1023,11 @@ impl Sim {
 
     fn check_after_step(&mut self) {
         self.retire_removed();
+        for node in &mut self.nodes {
+            if node.engine.as_ref().is_some_and(|e| !e.is_rebuilding()) {
+                node.impaired = false;
+            }
+        }
         let holders: Vec<NodeId> = self
             .nodes
             .iter()
@@ -1009,6 +1061,7 @@ impl Sim {
             } else if node.was_member && !node.retired && settled {
                 node.retired = true;
                 node.engine = None;
+                node.generation += 1;
                 node.tenure = None;
             }
         }
@@ -1027,6 +1080,7 @@ impl Node {
             retired: false,
             was_member: false,
             lost_incarnation: None,
+            impaired: false,
             tenure: None,
             last_snapshot_slot: Slot::ZERO,
         }

@@ -70,7 +70,6 @@ fn main() -> ExitCode {
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let cpu_seconds = seconds * jobs as f64;
-    let failed = summary.failure.is_some();
     if args.json {
         println!(
             "{{\"seeds\":{},\"failures\":{},\"events\":{},\"deliveries\":{},\"seconds\":{:.3},\"jobs\":{},\"events_per_cpu_second\":{:.0},\"deliveries_per_cpu_second\":{:.0},\"acked\":{},\"crashes\":{},\"wipes\":{},\"partitions\":{},\"membership_changes\":{},\"lease_reads\":{},\"snapshots_installed\":{}}}",
