@@ -68,6 +68,25 @@ impl Replica {
         self.send_all(&voters, Message::Probe(Probe { ballot }));
     }
 
+    /// Asks again the voters that have not yet said yes (to the probe or the prepare).
+    pub(crate) fn retry_election(&mut self) {
+        let (message, answered): (Message, BTreeSet<NodeId>) = match &self.role {
+            Role::PreCandidate { ballot, oks, .. } => {
+                (Message::Probe(Probe { ballot: *ballot }), oks.iter().map(|(n, _)| *n).collect())
+            }
+            Role::Candidate { ballot, lease_tick, promises, .. } => {
+                let prepare = Prepare { ballot: *ballot, from: self.chosen_through.next(), lease_tick: *lease_tick };
+                (Message::Prepare(prepare), promises.keys().map(|(n, _)| *n).collect())
+            }
+            _ => return,
+        };
+        let mut missing: Vec<NodeId> = self.window_configs().flat_map(|c| c.voters.keys().copied()).collect();
+        missing.sort();
+        missing.dedup();
+        missing.retain(|n| !answered.contains(n));
+        self.send_all(&missing, message);
+    }
+
     pub(crate) fn on_probe(&mut self, from: NodeId, probe: Probe) {
         let ok = self.would_promise(probe.ballot);
         self.send(from, Message::ProbeReply(ProbeReply { ballot: probe.ballot, ok }));

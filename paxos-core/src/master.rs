@@ -67,6 +67,7 @@ impl Replica {
             next_seq: 0,
             lease_rounds: BTreeMap::from([(lease_tick, grantors)]),
             lease_until: 0,
+            last_lease_end: self.now,
             last_heartbeat: self.now,
             last_digest: self.now,
             last_prepare_retry: self.now,
@@ -285,12 +286,13 @@ impl Replica {
         let Role::Master(master) = &mut self.role else { return };
         master.lease_rounds = master.lease_rounds.split_off(&oldest);
         master.lease_until = until;
+        master.last_lease_end = master.last_lease_end.max(until);
     }
 
     pub(crate) fn tick_master(&mut self) {
         let Role::Master(master) = &self.role else { return };
         let (last_heartbeat, last_digest) = (master.last_heartbeat, master.last_digest);
-        let lapsed_for = self.now.saturating_sub(master.lease_until);
+        let lapsed_for = self.now.saturating_sub(master.last_lease_end);
         if !self.is_voter_now() || lapsed_for > self.settings.election_timeout_ticks {
             // Removed from the voters, or cut off for too long: let someone else lead.
             self.become_follower();

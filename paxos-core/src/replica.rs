@@ -82,6 +82,9 @@ pub(crate) struct Master {
     pub lease_rounds: BTreeMap<u64, BTreeSet<Voter>>,
     /// The lease holds while `now < lease_until`.
     pub lease_until: u64,
+    /// The latest end any lease of this tenure had: a master that stays without a lease for an
+    /// election timeout after it steps down.
+    pub last_lease_end: u64,
     pub last_heartbeat: u64,
     pub last_digest: u64,
     pub last_prepare_retry: u64,
@@ -268,6 +271,9 @@ impl Replica {
             Role::PreCandidate { started, .. } | Role::Candidate { started, .. } => {
                 if self.now >= started + self.settings.election_timeout_ticks {
                     self.become_follower();
+                } else if (self.now - started) % self.settings.retry_interval_ticks == 0 {
+                    // Voters whose lease grant had not yet run out may say yes now.
+                    self.retry_election();
                 }
             }
             Role::Master(_) => self.tick_master(),

@@ -42,6 +42,10 @@ pub struct Options {
     pub duplicate_ppm: u64,
     pub delay_min_ns: u64,
     pub delay_max_ns: u64,
+    /// Rarely a message is held back for up to `long_delay_max_ns` (a stuck queue, a retransmission
+    /// after a reconnect): stale messages from old ballots arrive late.
+    pub long_delay_ppm: u64,
+    pub long_delay_max_ns: u64,
     pub fault_phase_ns: u64,
     pub liveness_bound_ns: u64,
     pub crash_mean_interval_ns: u64,
@@ -62,7 +66,7 @@ impl Options {
             election_timeout_ticks: 30,
             election_jitter_ticks: 30,
             lease_ticks: 100,
-            clock_drift_ppm: 50_000,
+            clock_drift_ppm: [10_000, 50_000, 100_000][rng.below(3) as usize],
             lease_margin_ticks: 1,
             window_slots: 4 + rng.below(8),
             digest_interval_ticks: 200,
@@ -81,6 +85,8 @@ impl Options {
             duplicate_ppm: rng.below(50_000),
             delay_min_ns: MS / 10,
             delay_max_ns: MS / 2 + rng.below(30 * MS),
+            long_delay_ppm: rng.below(5_000),
+            long_delay_max_ns: 2 * SECOND,
             fault_phase_ns: 20 * SECOND + rng.below(20 * SECOND),
             liveness_bound_ns: 30 * SECOND,
             crash_mean_interval_ns: SECOND + rng.below(4 * SECOND),
@@ -475,6 +481,9 @@ impl Sim {
                 }
             }
             Action::RoleChanged { role, epoch } => {
+                if self.options.trace {
+                    println!("{:.6} {} becomes {role:?} {epoch:?}", self.now as f64 / 1e9, self.nodes[node].id);
+                }
                 self.nodes[node].tenure = match (role, epoch) {
                     (RoleKind::Master, Some(epoch)) => Some((epoch, self.now)),
                     _ => None,
@@ -554,7 +563,10 @@ impl Sim {
         let copies = if self.faults_on && self.rng.chance(self.options.duplicate_ppm) { 2 } else { 1 };
         for _ in 0..copies {
             let span = self.options.delay_max_ns - self.options.delay_min_ns;
-            let delay = self.options.delay_min_ns + self.rng.below(span);
+            let mut delay = self.options.delay_min_ns + self.rng.below(span);
+            if self.faults_on && self.rng.chance(self.options.long_delay_ppm) {
+                delay += self.rng.below(self.options.long_delay_max_ns);
+            }
             self.schedule(delay, Event::Deliver { to, envelope: outgoing.envelope.clone() });
         }
     }
@@ -701,7 +713,14 @@ impl Sim {
         let interval = self.options.submit_interval_ns;
         let next = interval / 2 + self.rng.below(interval);
         self.schedule(next, Event::Submit);
-        let target = if self.rng.chance(900_000) { self.master_index() } else { Some(self.rng.below(self.nodes.len() as u64) as usize) };
+        // Clients go to a replica that believes it is master (stale ones included), sometimes anywhere.
+        let masters: Vec<usize> =
+            (0..self.nodes.len()).filter(|i| self.nodes[*i].engine.as_ref().is_some_and(|e| e.epoch().is_some())).collect();
+        let target = if !masters.is_empty() && self.rng.chance(900_000) {
+            Some(masters[self.rng.below(masters.len() as u64) as usize])
+        } else {
+            Some(self.rng.below(self.nodes.len() as u64) as usize)
+        };
         let Some(node) = target else { return };
         if self.liveness.as_ref().is_some_and(|l| l.probe_slot.is_some()) {
             return;
@@ -732,6 +751,9 @@ impl Sim {
             }
             self.stats.lease_reads += 1;
             let (id, applied) = (node.id, node.app.applied);
+            if self.options.trace && !engine.holds_lease() {
+                println!("{:.6} {id} reads at {applied} WITHOUT a lease (acked through {})", self.now as f64 / 1e9, self.oracle.max_acked_slot);
+            }
             self.oracle.on_lease_read(self.now, id, applied);
         }
     }
@@ -901,7 +923,9 @@ impl Sim {
         self.stats.partitions += 1;
         let count = self.nodes.len();
         self.heal_links();
-        match self.rng.below(3) {
+        let lease_ns = self.options.settings.lease_ticks * self.options.tick_ns;
+        let mut duration = 100 * MS + self.rng.below(4 * SECOND);
+        match self.rng.below(5) {
             0 => {
                 // Symmetric: split the nodes in two.
                 let side: Vec<bool> = (0..count).map(|_| self.rng.chance(500_000)).collect();
@@ -915,15 +939,9 @@ impl Sim {
                 // One-way: one node cannot send to (or cannot hear from) everyone else.
                 let victim = self.rng.below(count as u64) as usize;
                 let outbound = self.rng.chance(500_000);
-                for other in (0..count).filter(|o| *o != victim) {
-                    if outbound {
-                        self.blocked[victim][other] = true;
-                    } else {
-                        self.blocked[other][victim] = true;
-                    }
-                }
+                self.cut_one_way(victim, outbound);
             }
-            _ => {
+            2 => {
                 // Partial: random links cut in both directions.
                 for a in 0..count {
                     for b in (a + 1)..count {
@@ -934,9 +952,31 @@ impl Sim {
                     }
                 }
             }
+            kind => {
+                // The master cut off (both ways, or unable to hear), for about one lease: the window
+                // where a stale master, a new one and leases meet.
+                let Some(master) = self.master_index() else { return };
+                if kind == 3 {
+                    self.cut_one_way(master, true);
+                }
+                self.cut_one_way(master, false);
+                duration = lease_ns / 2 + self.rng.below(lease_ns);
+            }
         }
-        let duration = 100 * MS + self.rng.below(4 * SECOND);
+        if self.options.trace {
+            println!("{:.6} partition for {:.3}s: {:?}", self.now as f64 / 1e9, duration as f64 / 1e9, &self.blocked[..count].iter().map(|r| r[..count].to_vec()).collect::<Vec<_>>());
+        }
         self.schedule(duration, Event::Heal);
+    }
+
+    fn cut_one_way(&mut self, victim: usize, outbound: bool) {
+        for other in (0..self.nodes.len()).filter(|o| *o != victim) {
+            if outbound {
+                self.blocked[victim][other] = true;
+            } else {
+                self.blocked[other][victim] = true;
+            }
+        }
     }
 
     fn heal_links(&mut self) {
