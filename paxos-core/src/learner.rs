@@ -69,9 +69,12 @@ impl Replica {
     }
 
     fn apply_membership(&mut self, slot: Slot, value: &Value) {
+        if !value.entries.iter().any(|e| matches!(e.kind, EntryKind::Reconfigure(_))) {
+            return;
+        }
         let mut config = self.membership.latest().clone();
         let mut changed = false;
-        for entry in &value.entries {
+        for entry in value.entries.iter() {
             if let EntryKind::Reconfigure(change) = &entry.kind {
                 if let Ok(next) = config.apply(change) {
                     config = next;

@@ -157,14 +157,14 @@ impl Replica {
         let mut entries = Vec::new();
         let mut bytes = 0;
         while let Some(entry) = master.queue.front() {
-            let size = Value { entries: vec![entry.clone()] }.bytes();
+            let size = entry.bytes();
             if !entries.is_empty() && (entries.len() >= settings.batch_entries_max || bytes + size > settings.batch_bytes_max) {
                 break;
             }
             bytes += size;
             entries.push(master.queue.pop_front().expect("front exists"));
         }
-        Some(Value { entries })
+        Some(Value::new(entries))
     }
 
     fn propose_slot(&mut self, slot: Slot, value: Value) {
@@ -214,7 +214,7 @@ impl Replica {
 
     fn ack_early(&mut self, value: &Value, slot: Slot) {
         let Role::Master(master) = &mut self.role else { return };
-        for entry in &value.entries {
+        for entry in value.entries.iter() {
             if master.outstanding.remove(&entry.id) {
                 self.actions.push_back(Action::Committed { id: entry.id, slot });
             }
@@ -333,7 +333,7 @@ impl Replica {
     /// Acknowledges this tenure's submits in a value just applied.
     pub(crate) fn acknowledge(&mut self, slot: Slot, value: &Value) {
         let Role::Master(master) = &mut self.role else { return };
-        for entry in &value.entries {
+        for entry in value.entries.iter() {
             if master.outstanding.remove(&entry.id) {
                 self.actions.push_back(Action::Committed { id: entry.id, slot });
             }

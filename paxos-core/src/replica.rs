@@ -498,7 +498,7 @@ impl Replica {
         if self.bugs().keep_proposals_across_epochs {
             self.stash.extend(master.queue);
             for flight in master.in_flight.into_values() {
-                self.stash.extend(flight.value.entries.into_iter().filter(|e| e.id.epoch == master.epoch));
+                self.stash.extend(flight.value.entries.iter().filter(|e| e.id.epoch == master.epoch).cloned());
             }
             return;
         }

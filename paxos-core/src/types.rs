@@ -97,24 +97,37 @@ pub enum EntryKind {
 }
 
 /// The value of one slot: a batch of entries. An empty batch is a no-op (used to fill gaps found by
-/// phase 1).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// phase 1). Shared, not copied, when it goes to many peers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Value {
-    pub entries: Vec<Entry>,
+    pub entries: std::sync::Arc<[Entry]>,
+}
+
+impl Default for Value {
+    fn default() -> Value {
+        Value::noop()
+    }
 }
 
 impl Value {
+    pub fn new(entries: Vec<Entry>) -> Value {
+        Value { entries: entries.into() }
+    }
     pub fn noop() -> Value {
-        Value { entries: Vec::new() }
+        Value::new(Vec::new())
     }
     pub fn bytes(&self) -> usize {
-        self.entries
-            .iter()
-            .map(|e| match &e.kind {
-                EntryKind::App(data) => data.len() + 32,
-                _ => 32,
-            })
-            .sum()
+        self.entries.iter().map(Entry::bytes).sum()
+    }
+}
+
+impl Entry {
+    /// Approximate encoded size, for batching limits.
+    pub fn bytes(&self) -> usize {
+        match &self.kind {
+            EntryKind::App(data) => data.len() + 32,
+            _ => 32,
+        }
     }
 }
 

@@ -108,6 +108,9 @@ impl Oracle {
             return;
         }
         voters.insert(voter);
+        if self.chosen.get(&slot) == Some(value) {
+            return; // more votes for the chosen value change nothing
+        }
         self.evaluate(now, slot);
     }
 
@@ -150,9 +153,10 @@ impl Oracle {
             let slot = self.prefix.next();
             let previous = self.chains[&self.prefix];
             self.chains.insert(slot, chain(previous, slot, value));
-            let mut config = self.membership.latest().clone();
+            let reconfigures = value.entries.iter().any(|e| matches!(e.kind, EntryKind::Reconfigure(_)));
+            let mut config = if reconfigures { self.membership.latest().clone() } else { Config::default() };
             let mut changed = false;
-            for entry in &value.entries {
+            for entry in value.entries.iter() {
                 if let EntryKind::Reconfigure(change) = &entry.kind {
                     if let Ok(next) = config.apply(change) {
                         config = next;

@@ -117,10 +117,11 @@ enum Event {
     StartLiveness,
 }
 
+/// A heap entry: small, so the heap moves little; the event itself waits in a slab.
 struct Scheduled {
     at: u64,
     seq: u64,
-    event: Event,
+    index: usize,
 }
 
 impl PartialEq for Scheduled {
@@ -211,6 +212,8 @@ pub struct Sim {
     now: u64,
     seq: u64,
     queue: BinaryHeap<Scheduled>,
+    slab: Vec<Option<Event>>,
+    free: Vec<usize>,
     nodes: Vec<Node>,
     /// blocked[a][b]: messages from a to b are dropped.
     blocked: Vec<Vec<bool>>,
@@ -221,6 +224,7 @@ pub struct Sim {
     next_value: u64,
     liveness: Option<Liveness>,
     last_membership_change: u64,
+    retire_checked_at: Slot,
     stats: Stats,
     trace: Fnv,
 }
@@ -249,6 +253,8 @@ impl Sim {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
+            slab: Vec::new(),
+            free: Vec::new(),
             blocked: vec![vec![false; 16]; 16],
             faults_on: true,
             oracle,
@@ -256,6 +262,7 @@ impl Sim {
             next_value: 1,
             liveness: None,
             last_membership_change: 0,
+            retire_checked_at: Slot(u64::MAX),
             stats: Stats::default(),
             trace: Fnv::new(options.seed),
             nodes,
@@ -285,10 +292,12 @@ impl Sim {
             Mode::Safety => self.options.fault_phase_ns,
             Mode::Liveness => self.options.fault_phase_ns + self.options.liveness_bound_ns,
         };
-        while let Some(Scheduled { at, event, .. }) = self.queue.pop() {
+        while let Some(Scheduled { at, index, .. }) = self.queue.pop() {
             if at > end || self.oracle.violation.is_some() {
                 break;
             }
+            let event = self.slab[index].take().expect("scheduled events are in the slab");
+            self.free.push(index);
             self.now = at;
             self.stats.events += 1;
             self.trace_event(&event);
@@ -370,7 +379,17 @@ impl Sim {
 
     fn schedule(&mut self, after: u64, event: Event) {
         self.seq += 1;
-        self.queue.push(Scheduled { at: self.now + after, seq: self.seq, event });
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.slab[index] = Some(event);
+                index
+            }
+            None => {
+                self.slab.push(Some(event));
+                self.slab.len() - 1
+            }
+        };
+        self.queue.push(Scheduled { at: self.now + after, seq: self.seq, index });
     }
 
     fn exp(&mut self, mean: u64) -> u64 {
@@ -461,8 +480,14 @@ impl Sim {
             let Some(action) = engine.poll_action() else { break };
             self.execute(node, action);
         }
-        if let Some(engine) = self.nodes[node].engine.as_ref() {
-            engine.check_invariants();
+        let Some(engine) = self.nodes[node].engine.as_ref() else { return };
+        engine.check_invariants();
+        let (rebuilding, holds_lease) = (engine.is_rebuilding(), engine.holds_lease());
+        if !rebuilding {
+            self.nodes[node].impaired = false;
+        }
+        if holds_lease {
+            self.check_lease_overlap();
         }
         self.maybe_snapshot(node);
     }
@@ -543,8 +568,13 @@ impl Sim {
                 Record::Accepted { slot, ballot, value } => {
                     self.oracle.on_durable_accept(self.now, (id, incarnation), *slot, *ballot, value);
                 }
-                // Older snapshot files go once a newer one is recorded durably (as real storage does).
-                Record::Snapshot(handle) => self.nodes[node].disk.snapshots.retain(|slot, _| *slot >= handle.slot),
+                // Older snapshot files and log records go once a newer snapshot is recorded durably
+                // (as real storage does).
+                Record::Snapshot(handle) => {
+                    let disk = &mut self.nodes[node].disk;
+                    disk.snapshots.retain(|slot, _| *slot >= handle.slot);
+                    compact(&mut disk.durable, handle.slot);
+                }
                 _ => {}
             }
         }
@@ -1062,19 +1092,19 @@ impl Sim {
     // ----- checks after every step -----
 
     fn check_after_step(&mut self) {
-        self.retire_removed();
-        for node in &mut self.nodes {
-            if node.engine.as_ref().is_some_and(|e| !e.is_rebuilding()) {
-                node.impaired = false;
-            }
+        if self.oracle.prefix != self.retire_checked_at {
+            self.retire_checked_at = self.oracle.prefix;
+            self.retire_removed();
         }
-        let holders: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|n| !n.retired && n.engine.as_ref().is_some_and(Replica::holds_lease))
-            .map(|n| n.id)
-            .collect();
-        if holders.len() > 1 {
+    }
+
+    /// At most one replica may hold a lease at any instant of true time. A replica's belief changes
+    /// only when it takes a step, so checking after each step that ends with a lease covers every
+    /// instant.
+    fn check_lease_overlap(&mut self) {
+        let holding = |n: &&Node| !n.retired && n.engine.as_ref().is_some_and(Replica::holds_lease);
+        if self.nodes.iter().filter(holding).count() > 1 {
+            let holders: Vec<NodeId> = self.nodes.iter().filter(holding).map(|n| n.id).collect();
             let detail = format!("{holders:?} all hold a valid master lease");
             self.oracle.fail(Check::LeaseOverlap, self.now, detail);
         }
@@ -1125,6 +1155,21 @@ impl Node {
             last_snapshot_slot: Slot::ZERO,
         }
     }
+}
+
+/// Drops records a snapshot at `through` made useless, keeping what recovery folds the same way:
+/// the identity record first, the last promise, and everything after the snapshot.
+fn compact(records: &mut Vec<Record>, through: Slot) {
+    let last_promise = records.iter().rposition(|r| matches!(r, Record::Promised(_)));
+    let mut index = 0;
+    records.retain(|record| {
+        index += 1;
+        match record {
+            Record::Accepted { slot, .. } | Record::Chosen { slot, .. } => *slot > through,
+            Record::Promised(_) => Some(index - 1) == last_promise,
+            _ => true,
+        }
+    });
 }
 
 /// A clock rate within the bound, often at its edges (where lease bugs show).
