@@ -1,7 +1,10 @@
 //! Acceptor side: pre-vote, promises, accepts, lease grants, and starting an election.
 
 use crate::durable::{Record, SlotState};
-use crate::message::{Accept, Accepted, Heartbeat, HeartbeatAck, Message, Nack, Prepare, Probe, ProbeReply, Promise, Reported};
+use crate::message::{
+    Accept, Accepted, Heartbeat, HeartbeatAck, Message, Nack, Prepare, Probe, ProbeReply, Promise,
+    Reported,
+};
 use crate::replica::{LeaseGrant, Replica, Role};
 use crate::types::{Ballot, NodeId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,7 +18,9 @@ impl Replica {
             return false;
         }
         match self.lease_granted {
-            Some(LeaseGrant { holder, until }) if self.now < until => holder.is_some_and(|h| h.node == ballot.node),
+            Some(LeaseGrant { holder, until }) if self.now < until => {
+                holder.is_some_and(|h| h.node == ballot.node)
+            }
             _ => true,
         }
     }
@@ -23,9 +28,14 @@ impl Replica {
     pub(crate) fn grant_lease(&mut self, holder: Ballot) {
         // +1: the request arrived somewhere inside the current tick.
         let until = self.now + self.settings.lease_ticks + 1;
-        let keep_old = self.lease_granted.is_some_and(|g| g.until > until && g.holder != Some(holder));
+        let keep_old = self
+            .lease_granted
+            .is_some_and(|g| g.until > until && g.holder != Some(holder));
         if !keep_old {
-            self.lease_granted = Some(LeaseGrant { holder: Some(holder), until });
+            self.lease_granted = Some(LeaseGrant {
+                holder: Some(holder),
+                until,
+            });
         }
     }
 
@@ -59,9 +69,19 @@ impl Replica {
             self.reset_election_timer();
             return;
         }
-        let ballot = self.max_ballot_seen.max(self.promised).successor_for(self.node);
-        self.role = Role::PreCandidate { ballot, started: self.now, oks: BTreeSet::new() };
-        let voters: Vec<NodeId> = self.window_configs().flat_map(|c| c.voters.keys().copied()).collect();
+        let ballot = self
+            .max_ballot_seen
+            .max(self.promised)
+            .successor_for(self.node);
+        self.role = Role::PreCandidate {
+            ballot,
+            started: self.now,
+            oks: BTreeSet::new(),
+        };
+        let voters: Vec<NodeId> = self
+            .window_configs()
+            .flat_map(|c| c.voters.keys().copied())
+            .collect();
         let mut voters = voters;
         voters.sort();
         voters.dedup();
@@ -71,16 +91,32 @@ impl Replica {
     /// Asks again the voters that have not yet said yes (to the probe or the prepare).
     pub(crate) fn retry_election(&mut self) {
         let (message, answered): (Message, BTreeSet<NodeId>) = match &self.role {
-            Role::PreCandidate { ballot, oks, .. } => {
-                (Message::Probe(Probe { ballot: *ballot }), oks.iter().map(|(n, _)| *n).collect())
-            }
-            Role::Candidate { ballot, lease_tick, promises, .. } => {
-                let prepare = Prepare { ballot: *ballot, from: self.chosen_through.next(), lease_tick: *lease_tick };
-                (Message::Prepare(prepare), promises.keys().map(|(n, _)| *n).collect())
+            Role::PreCandidate { ballot, oks, .. } => (
+                Message::Probe(Probe { ballot: *ballot }),
+                oks.iter().map(|(n, _)| *n).collect(),
+            ),
+            Role::Candidate {
+                ballot,
+                lease_tick,
+                promises,
+                ..
+            } => {
+                let prepare = Prepare {
+                    ballot: *ballot,
+                    from: self.chosen_through.next(),
+                    lease_tick: *lease_tick,
+                };
+                (
+                    Message::Prepare(prepare),
+                    promises.keys().map(|(n, _)| *n).collect(),
+                )
             }
             _ => return,
         };
-        let mut missing: Vec<NodeId> = self.window_configs().flat_map(|c| c.voters.keys().copied()).collect();
+        let mut missing: Vec<NodeId> = self
+            .window_configs()
+            .flat_map(|c| c.voters.keys().copied())
+            .collect();
         missing.sort();
         missing.dedup();
         missing.retain(|n| !answered.contains(n));
@@ -89,7 +125,13 @@ impl Replica {
 
     pub(crate) fn on_probe(&mut self, from: NodeId, probe: Probe) {
         let ok = self.would_promise(probe.ballot);
-        self.send(from, Message::ProbeReply(ProbeReply { ballot: probe.ballot, ok }));
+        self.send(
+            from,
+            Message::ProbeReply(ProbeReply {
+                ballot: probe.ballot,
+                ok,
+            }),
+        );
     }
 
     pub(crate) fn on_prepare(&mut self, from: NodeId, prepare: Prepare) {
@@ -100,7 +142,10 @@ impl Replica {
         // A master asking again (for a voter of a newer config) gets the same promise again.
         let repeat = prepare.ballot == self.promised && self.rebuild.is_none();
         if !repeat && !self.would_promise(prepare.ballot) {
-            let nack = Nack { rejected: prepare.ballot, promised: self.promised };
+            let nack = Nack {
+                rejected: prepare.ballot,
+                promised: self.promised,
+            };
             self.send(from, Message::Nack(nack));
             return;
         }
@@ -117,8 +162,13 @@ impl Replica {
             .range(prepare.from..)
             .map(|(slot, state)| {
                 let reported = match state {
-                    SlotState::Accepted { ballot, value } => Reported::Accepted { ballot: *ballot, value: value.clone() },
-                    SlotState::Chosen { value } => Reported::Chosen { value: value.clone() },
+                    SlotState::Accepted { ballot, value } => Reported::Accepted {
+                        ballot: *ballot,
+                        value: value.clone(),
+                    },
+                    SlotState::Chosen { value } => Reported::Chosen {
+                        value: value.clone(),
+                    },
                 };
                 (*slot, reported)
             })
@@ -137,24 +187,47 @@ impl Replica {
         self.observe_ballot(accept.ballot);
         let votes = self.rebuild.is_none() || self.bugs().rebuild_votes_at_once;
         if accept.ballot < self.promised && !self.bugs().acceptor_ignores_ballot {
-            let nack = Nack { rejected: accept.ballot, promised: self.promised };
+            let nack = Nack {
+                rejected: accept.ballot,
+                promised: self.promised,
+            };
             self.send(from, Message::Nack(nack));
             return;
         }
         self.heard_master(accept.ballot);
-        let voter = self.membership.config_at(accept.slot).is_voter(self.node, self.incarnation);
+        let voter = self
+            .membership
+            .config_at(accept.slot)
+            .is_voter(self.node, self.incarnation);
         if votes && voter {
             let mut records = Vec::with_capacity(2);
             if accept.ballot > self.promised {
                 self.promised = accept.ballot;
                 records.push(Record::Promised(accept.ballot));
             }
-            let already_chosen = accept.slot <= self.snapshot.slot || self.log.get(&accept.slot).is_some_and(SlotState::is_chosen);
+            let already_chosen = accept.slot <= self.snapshot.slot
+                || self.log.get(&accept.slot).is_some_and(SlotState::is_chosen);
             if !already_chosen {
-                self.log.insert(accept.slot, SlotState::Accepted { ballot: accept.ballot, value: accept.value.clone() });
+                self.log.insert(
+                    accept.slot,
+                    SlotState::Accepted {
+                        ballot: accept.ballot,
+                        value: accept.value.clone(),
+                    },
+                );
             }
-            records.push(Record::Accepted { slot: accept.slot, ballot: accept.ballot, value: accept.value });
-            let reply = self.outgoing(from, Message::Accepted(Accepted { ballot: accept.ballot, slot: accept.slot }));
+            records.push(Record::Accepted {
+                slot: accept.slot,
+                ballot: accept.ballot,
+                value: accept.value,
+            });
+            let reply = self.outgoing(
+                from,
+                Message::Accepted(Accepted {
+                    ballot: accept.ballot,
+                    slot: accept.slot,
+                }),
+            );
             self.persist(records, vec![reply]);
         }
         self.learn_chosen(from, accept.ballot, accept.chosen_through);
@@ -163,21 +236,29 @@ impl Replica {
     pub(crate) fn on_heartbeat(&mut self, from: NodeId, heartbeat: Heartbeat) {
         self.observe_ballot(heartbeat.ballot);
         if heartbeat.ballot < self.promised {
-            let nack = Nack { rejected: heartbeat.ballot, promised: self.promised };
+            let nack = Nack {
+                rejected: heartbeat.ballot,
+                promised: self.promised,
+            };
             self.send(from, Message::Nack(nack));
             return;
         }
         self.heard_master(heartbeat.ballot);
         if self.rebuild.is_none() || self.bugs().rebuild_votes_at_once {
             self.grant_lease(heartbeat.ballot);
-            let ack = HeartbeatAck { ballot: heartbeat.ballot, lease_tick: heartbeat.lease_tick };
+            let ack = HeartbeatAck {
+                ballot: heartbeat.ballot,
+                lease_tick: heartbeat.lease_tick,
+            };
             self.send(from, Message::HeartbeatAck(ack));
         }
         self.learn_chosen(from, heartbeat.ballot, heartbeat.chosen_through);
     }
 
     pub(crate) fn on_probe_reply(&mut self, voter: crate::replica::Voter, reply: ProbeReply) {
-        let Role::PreCandidate { ballot, oks, .. } = &mut self.role else { return };
+        let Role::PreCandidate { ballot, oks, .. } = &mut self.role else {
+            return;
+        };
         if reply.ballot != *ballot || !reply.ok {
             return;
         }
@@ -192,9 +273,21 @@ impl Replica {
     fn start_phase_one(&mut self, ballot: Ballot) {
         let lease_tick = self.now;
         self.observe_ballot(ballot);
-        self.role = Role::Candidate { ballot, started: self.now, lease_tick, promises: BTreeMap::new() };
-        self.actions.push_back(crate::action::Action::RoleChanged { role: crate::action::RoleKind::Candidate, epoch: None });
-        let prepare = Prepare { ballot, from: self.chosen_through.next(), lease_tick };
+        self.role = Role::Candidate {
+            ballot,
+            started: self.now,
+            lease_tick,
+            promises: BTreeMap::new(),
+        };
+        self.actions.push_back(crate::action::Action::RoleChanged {
+            role: crate::action::RoleKind::Candidate,
+            epoch: None,
+        });
+        let prepare = Prepare {
+            ballot,
+            from: self.chosen_through.next(),
+            lease_tick,
+        };
         let members = self.members();
         self.send_all(&members, Message::Prepare(prepare));
     }

@@ -2,7 +2,7 @@
 
 use crate::durable::Record;
 use crate::message::Envelope;
-use crate::types::{EntryId, Epoch, NodeId, SnapshotHandle, Slot, Value};
+use crate::types::{EntryId, Epoch, NodeId, Slot, SnapshotHandle, Value};
 
 /// A message for one peer (possibly this replica itself: the driver loops those back).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,7 +16,10 @@ pub enum Action {
     /// Make `records` durable, in order, then send `messages`. The messages (promises and accepted
     /// votes) depend on the records: none may leave before the records are synced. Group commit may
     /// merge several of these into one write and one sync, keeping their order.
-    Persist { records: Vec<Record>, messages: Vec<Outgoing> },
+    Persist {
+        records: Vec<Record>,
+        messages: Vec<Outgoing>,
+    },
     /// A message that depends on no unsaved state.
     Send(Outgoing),
     /// The value chosen for `slot`. Emitted once per slot, in slot order, with no gaps after the
@@ -27,12 +30,21 @@ pub enum Action {
     /// A submit will not be acknowledged. It may still be chosen later by another master.
     Failed { id: EntryId, error: ProposeError },
     /// This replica became or stopped being master (or candidate).
-    RoleChanged { role: RoleKind, epoch: Option<Epoch> },
+    RoleChanged {
+        role: RoleKind,
+        epoch: Option<Epoch>,
+    },
     /// Catch-up needs `from`'s snapshot (at least `handle.slot`): fetch it, install it into the
     /// application, then call `handle_snapshot_installed` (or `handle_snapshot_fetch_failed`).
-    FetchSnapshot { from: NodeId, handle: SnapshotHandle },
+    FetchSnapshot {
+        from: NodeId,
+        handle: SnapshotHandle,
+    },
     /// Replicas disagree about the state at a consistency-check slot. Loud: log, metric, status.
-    DigestMismatch { slot: Slot, digests: Vec<(NodeId, u64)> },
+    DigestMismatch {
+        slot: Slot,
+        digests: Vec<(NodeId, u64)>,
+    },
     /// A majority's digest differs from ours: this replica's state is corrupt. The driver must discard
     /// its state and restart it with `Replica::rebuild`.
     Corrupt { slot: Slot },
@@ -58,12 +70,16 @@ impl std::fmt::Display for ProposeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ProposeError::NotMaster { hint: Some(node) } => write!(f, "not master: try {node}"),
-            ProposeError::NotMaster { hint: None } => write!(f, "not master and no master known: retry shortly"),
+            ProposeError::NotMaster { hint: None } => {
+                write!(f, "not master and no master known: retry shortly")
+            }
             ProposeError::EpochChanged { submitted } => {
                 write!(f, "mastership of epoch {submitted} was lost before the value was chosen: resubmit")
             }
             ProposeError::Overloaded => write!(f, "too many submits queued: retry later"),
-            ProposeError::TooLarge { bytes, max } => write!(f, "value of {bytes} bytes exceeds {max}"),
+            ProposeError::TooLarge { bytes, max } => {
+                write!(f, "value of {bytes} bytes exceeds {max}")
+            }
             ProposeError::Membership(why) => write!(f, "membership change refused: {why}"),
         }
     }

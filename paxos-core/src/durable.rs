@@ -3,25 +3,36 @@
 //! Storage appends [`Record`]s in order and makes them durable; on restart it hands the records that
 //! survived back to [`DurableState::recover`]. The engine never reads a disk itself.
 
-use crate::types::{Ballot, Incarnation, MembershipLog, NodeId, SnapshotHandle, Slot, Value};
+use crate::types::{Ballot, Incarnation, MembershipLog, NodeId, Slot, SnapshotHandle, Value};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
     /// The replica's identity and the group it starts with (first record of a bootstrapped replica).
-    Bootstrap { node: NodeId, incarnation: Incarnation, membership: MembershipLog },
+    Bootstrap {
+        node: NodeId,
+        incarnation: Incarnation,
+        membership: MembershipLog,
+    },
     /// The acceptor promised not to accept ballots below this one.
     Promised(Ballot),
     /// The acceptor accepted `value` for `slot` under `ballot`.
-    Accepted { slot: Slot, ballot: Ballot, value: Value },
+    Accepted {
+        slot: Slot,
+        ballot: Ballot,
+        value: Value,
+    },
     /// The replica learned that `value` is chosen for `slot`.
     Chosen { slot: Slot, value: Value },
     /// A snapshot covering the log through `handle.slot` is durable (taken here or installed from a
     /// peer); the log before it is truncated.
     Snapshot(SnapshotHandle),
     /// The replica lost its state and is rebuilding under this new incarnation (PML 5.1).
-    RebuildBegan { node: NodeId, incarnation: Incarnation },
+    RebuildBegan {
+        node: NodeId,
+        incarnation: Incarnation,
+    },
     /// The rebuild completed: the replica votes again.
     RebuildDone,
 }
@@ -70,7 +81,10 @@ pub enum RecoverError {
 impl std::fmt::Display for RecoverError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RecoverError::NoIdentity => write!(f, "no identity record: the state is empty or not a replica's"),
+            RecoverError::NoIdentity => write!(
+                f,
+                "no identity record: the state is empty or not a replica's"
+            ),
             RecoverError::Inconsistent(why) => write!(f, "records contradict each other: {why}"),
         }
     }
@@ -80,16 +94,28 @@ impl std::error::Error for RecoverError {}
 
 impl DurableState {
     /// Folds records, oldest first, into the state they describe.
-    pub fn recover<'a>(records: impl IntoIterator<Item = &'a Record>) -> Result<DurableState, RecoverError> {
+    pub fn recover<'a>(
+        records: impl IntoIterator<Item = &'a Record>,
+    ) -> Result<DurableState, RecoverError> {
         let mut state: Option<DurableState> = None;
         for record in records {
             state = Some(match (state, record) {
-                (None, Record::Bootstrap { node, incarnation, membership }) => DurableState {
+                (
+                    None,
+                    Record::Bootstrap {
+                        node,
+                        incarnation,
+                        membership,
+                    },
+                ) => DurableState {
                     node: *node,
                     incarnation: *incarnation,
                     promised: Ballot::ZERO,
                     log: BTreeMap::new(),
-                    snapshot: SnapshotHandle { slot: Slot::ZERO, membership: membership.clone() },
+                    snapshot: SnapshotHandle {
+                        slot: Slot::ZERO,
+                        membership: membership.clone(),
+                    },
                     rebuilding: false,
                 },
                 (None, Record::RebuildBegan { node, incarnation }) => DurableState {
@@ -98,7 +124,10 @@ impl DurableState {
                     promised: Ballot::ZERO,
                     log: BTreeMap::new(),
                     // Replaced by the snapshot the rebuild installs; until then nothing is known.
-                    snapshot: SnapshotHandle { slot: Slot::ZERO, membership: MembershipLog::initial(Default::default()) },
+                    snapshot: SnapshotHandle {
+                        slot: Slot::ZERO,
+                        membership: MembershipLog::initial(Default::default()),
+                    },
                     rebuilding: true,
                 },
                 (None, _) => return Err(RecoverError::NoIdentity),
@@ -113,21 +142,40 @@ impl DurableState {
 
     fn fold(&mut self, record: &Record) -> Result<(), RecoverError> {
         match record {
-            Record::Bootstrap { .. } => return Err(RecoverError::Inconsistent("second bootstrap record")),
+            Record::Bootstrap { .. } => {
+                return Err(RecoverError::Inconsistent("second bootstrap record"))
+            }
             Record::Promised(ballot) => {
                 if *ballot < self.promised {
                     return Err(RecoverError::Inconsistent("promise went backwards"));
                 }
                 self.promised = *ballot;
             }
-            Record::Accepted { slot, ballot, value } => {
-                if *slot > self.snapshot.slot && !self.log.get(slot).is_some_and(SlotState::is_chosen) {
-                    self.log.insert(*slot, SlotState::Accepted { ballot: *ballot, value: value.clone() });
+            Record::Accepted {
+                slot,
+                ballot,
+                value,
+            } => {
+                if *slot > self.snapshot.slot
+                    && !self.log.get(slot).is_some_and(SlotState::is_chosen)
+                {
+                    self.log.insert(
+                        *slot,
+                        SlotState::Accepted {
+                            ballot: *ballot,
+                            value: value.clone(),
+                        },
+                    );
                 }
             }
             Record::Chosen { slot, value } => {
                 if *slot > self.snapshot.slot {
-                    self.log.insert(*slot, SlotState::Chosen { value: value.clone() });
+                    self.log.insert(
+                        *slot,
+                        SlotState::Chosen {
+                            value: value.clone(),
+                        },
+                    );
                 }
             }
             Record::Snapshot(handle) => {
@@ -139,7 +187,9 @@ impl DurableState {
             }
             Record::RebuildBegan { node, incarnation } => {
                 if *node != self.node {
-                    return Err(RecoverError::Inconsistent("rebuild record names another node"));
+                    return Err(RecoverError::Inconsistent(
+                        "rebuild record names another node",
+                    ));
                 }
                 self.incarnation = *incarnation;
                 self.rebuilding = true;
@@ -165,16 +215,36 @@ mod tests {
 
     #[test]
     fn recovery_keeps_the_latest_of_everything() {
-        let b1 = Ballot { round: 1, node: NodeId(1) };
-        let b2 = Ballot { round: 2, node: NodeId(2) };
+        let b1 = Ballot {
+            round: 1,
+            node: NodeId(1),
+        };
+        let b2 = Ballot {
+            round: 2,
+            node: NodeId(2),
+        };
         let records = vec![
             boot(),
             Record::Promised(b1),
-            Record::Accepted { slot: Slot(1), ballot: b1, value: Value::noop() },
-            Record::Accepted { slot: Slot(2), ballot: b1, value: Value::noop() },
+            Record::Accepted {
+                slot: Slot(1),
+                ballot: b1,
+                value: Value::noop(),
+            },
+            Record::Accepted {
+                slot: Slot(2),
+                ballot: b1,
+                value: Value::noop(),
+            },
             Record::Promised(b2),
-            Record::Chosen { slot: Slot(1), value: Value::noop() },
-            Record::Snapshot(SnapshotHandle { slot: Slot(1), membership: MembershipLog::initial(Config::new([NodeId(1)])) }),
+            Record::Chosen {
+                slot: Slot(1),
+                value: Value::noop(),
+            },
+            Record::Snapshot(SnapshotHandle {
+                slot: Slot(1),
+                membership: MembershipLog::initial(Config::new([NodeId(1)])),
+            }),
         ];
         let state = DurableState::recover(&records).unwrap();
         assert_eq!(state.promised, b2);
@@ -186,8 +256,21 @@ mod tests {
     fn recovery_refuses_what_is_not_a_replica() {
         assert_eq!(DurableState::recover(&[]), Err(RecoverError::NoIdentity));
         let promise = Record::Promised(Ballot::ZERO);
-        assert_eq!(DurableState::recover(&[promise]), Err(RecoverError::NoIdentity));
-        let back = [boot(), Record::Promised(Ballot { round: 2, node: NodeId(1) }), Record::Promised(Ballot::ZERO)];
-        assert!(matches!(DurableState::recover(&back), Err(RecoverError::Inconsistent(_))));
+        assert_eq!(
+            DurableState::recover(&[promise]),
+            Err(RecoverError::NoIdentity)
+        );
+        let back = [
+            boot(),
+            Record::Promised(Ballot {
+                round: 2,
+                node: NodeId(1),
+            }),
+            Record::Promised(Ballot::ZERO),
+        ];
+        assert!(matches!(
+            DurableState::recover(&back),
+            Err(RecoverError::Inconsistent(_))
+        ));
     }
 }

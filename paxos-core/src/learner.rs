@@ -3,12 +3,15 @@
 
 use crate::action::Action;
 use crate::durable::{Record, SlotState};
+use crate::limits;
 use crate::message::{
-    CatchUpReply, CatchUpRequest, DigestReport, Message, RebuildProbe, RebuildProbeReply, Rejoin, SnapshotRequired,
+    CatchUpReply, CatchUpRequest, DigestReport, Message, RebuildProbe, RebuildProbeReply, Rejoin,
+    SnapshotRequired,
 };
 use crate::replica::{Rebuild, Replica, Role};
-use crate::types::{Ballot, EntryKind, Incarnation, MembershipChange, NodeId, SnapshotHandle, Slot, Value};
-use crate::limits;
+use crate::types::{
+    Ballot, EntryKind, Incarnation, MembershipChange, NodeId, Slot, SnapshotHandle, Value,
+};
 use std::collections::BTreeMap;
 
 /// How many consistency-check rounds a replica remembers.
@@ -45,7 +48,12 @@ impl Replica {
         if slot <= self.snapshot.slot || self.log.get(&slot).is_some_and(SlotState::is_chosen) {
             return;
         }
-        self.log.insert(slot, SlotState::Chosen { value: value.clone() });
+        self.log.insert(
+            slot,
+            SlotState::Chosen {
+                value: value.clone(),
+            },
+        );
         self.persist(vec![Record::Chosen { slot, value }], Vec::new());
     }
 
@@ -69,7 +77,11 @@ impl Replica {
     }
 
     fn apply_membership(&mut self, slot: Slot, value: &Value) {
-        if !value.entries.iter().any(|e| matches!(e.kind, EntryKind::Reconfigure(_))) {
+        if !value
+            .entries
+            .iter()
+            .any(|e| matches!(e.kind, EntryKind::Reconfigure(_)))
+        {
             return;
         }
         let mut config = self.membership.latest().clone();
@@ -83,7 +95,8 @@ impl Replica {
             }
         }
         if changed {
-            self.membership.push(slot.plus(self.settings.window_slots), config);
+            self.membership
+                .push(slot.plus(self.settings.window_slots), config);
         }
     }
 
@@ -91,12 +104,20 @@ impl Replica {
         if from == self.node || self.catch_up.fetching_snapshot.is_some() {
             return;
         }
-        let recent = self.catch_up.last_request.is_some_and(|t| self.now < t + self.settings.retry_interval_ticks);
+        let recent = self
+            .catch_up
+            .last_request
+            .is_some_and(|t| self.now < t + self.settings.retry_interval_ticks);
         if recent {
             return;
         }
         self.catch_up.last_request = Some(self.now);
-        self.send(from, Message::CatchUpRequest(CatchUpRequest { from: self.chosen_through.next() }));
+        self.send(
+            from,
+            Message::CatchUpRequest(CatchUpRequest {
+                from: self.chosen_through.next(),
+            }),
+        );
     }
 
     pub(crate) fn tick_catch_up(&mut self) {
@@ -110,7 +131,9 @@ impl Replica {
         if self.known_chosen > self.chosen_through {
             // Ask the master most of the time, a random member otherwise: the master may be gone.
             let members = self.members();
-            let random = members.get(self.rng.below(members.len() as u64) as usize).copied();
+            let random = members
+                .get(self.rng.below(members.len() as u64) as usize)
+                .copied();
             let target = match self.leader_hint {
                 Some(hint) if self.rng.chance(600_000) => Some(hint),
                 _ => random.or(self.leader_hint),
@@ -146,7 +169,10 @@ impl Replica {
         if entries.is_empty() {
             return;
         }
-        let reply = CatchUpReply { entries, chosen_through: self.chosen_through };
+        let reply = CatchUpReply {
+            entries,
+            chosen_through: self.chosen_through,
+        };
         self.send(to, Message::CatchUpReply(reply));
     }
 
@@ -168,18 +194,27 @@ impl Replica {
     }
 
     pub(crate) fn on_snapshot_required(&mut self, from: NodeId, required: SnapshotRequired) {
-        if required.handle.slot <= self.chosen_through || self.catch_up.fetching_snapshot.is_some() || self.incarnation_unknown() {
+        if required.handle.slot <= self.chosen_through
+            || self.catch_up.fetching_snapshot.is_some()
+            || self.incarnation_unknown()
+        {
             return;
         }
         self.catch_up.fetching_snapshot = Some(self.now);
-        self.actions.push_back(Action::FetchSnapshot { from, handle: required.handle });
+        self.actions.push_back(Action::FetchSnapshot {
+            from,
+            handle: required.handle,
+        });
     }
 
     /// The driver installed a peer's snapshot into the application (durably). The log continues after it.
     pub fn handle_snapshot_installed(&mut self, handle: SnapshotHandle) {
         self.catch_up.fetching_snapshot = None;
         self.catch_up.last_request = None;
-        assert!(handle.slot > self.chosen_through, "installed a snapshot that is not ahead: check wants_snapshot first");
+        assert!(
+            handle.slot > self.chosen_through,
+            "installed a snapshot that is not ahead: check wants_snapshot first"
+        );
         self.log = self.log.split_off(&handle.slot.next());
         self.chosen_through = handle.slot;
         self.membership = handle.membership.clone();
@@ -208,9 +243,20 @@ impl Replica {
 
     /// The application computed `digest` of its state right after applying the digest request at `slot`.
     pub fn handle_digest(&mut self, slot: Slot, digest: u64) {
-        let members = self.membership.config_at(slot).members().filter(|n| *n != self.node).collect::<Vec<_>>();
-        self.send_all(&members, Message::DigestReport(DigestReport { slot, digest }));
-        self.digests.entry(slot).or_default().insert(self.node, digest);
+        let members = self
+            .membership
+            .config_at(slot)
+            .members()
+            .filter(|n| *n != self.node)
+            .collect::<Vec<_>>();
+        self.send_all(
+            &members,
+            Message::DigestReport(DigestReport { slot, digest }),
+        );
+        self.digests
+            .entry(slot)
+            .or_default()
+            .insert(self.node, digest);
         self.compare_digests(slot);
     }
 
@@ -219,7 +265,10 @@ impl Replica {
         if self.digests.len() >= DIGEST_ROUNDS_MAX && oldest.is_some_and(|s| report.slot < s) {
             return;
         }
-        self.digests.entry(report.slot).or_default().insert(from, report.digest);
+        self.digests
+            .entry(report.slot)
+            .or_default()
+            .insert(from, report.digest);
         self.compare_digests(report.slot);
         while self.digests.len() > DIGEST_ROUNDS_MAX {
             self.digests.pop_first();
@@ -227,8 +276,12 @@ impl Replica {
     }
 
     fn compare_digests(&mut self, slot: Slot) {
-        let Some(reports) = self.digests.get(&slot) else { return };
-        let Some(own) = reports.get(&self.node).copied() else { return };
+        let Some(reports) = self.digests.get(&slot) else {
+            return;
+        };
+        let Some(own) = reports.get(&self.node).copied() else {
+            return;
+        };
         let config = self.membership.config_at(slot);
         let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
         for (node, digest) in reports {
@@ -236,7 +289,9 @@ impl Replica {
                 *counts.entry(*digest).or_default() += 1;
             }
         }
-        let Some((majority, _)) = counts.iter().find(|(_, n)| **n >= config.quorum()) else { return };
+        let Some((majority, _)) = counts.iter().find(|(_, n)| **n >= config.quorum()) else {
+            return;
+        };
         if *majority != own {
             self.corrupt = true;
             self.actions.push_back(Action::Corrupt { slot });
@@ -245,7 +300,8 @@ impl Replica {
         let all_reported = config.voters.keys().all(|n| reports.contains_key(n));
         if all_reported && counts.len() > 1 {
             let digests = reports.iter().map(|(n, d)| (*n, *d)).collect();
-            self.actions.push_back(Action::DigestMismatch { slot, digests });
+            self.actions
+                .push_back(Action::DigestMismatch { slot, digests });
         }
     }
 
@@ -259,12 +315,16 @@ impl Replica {
         let retry = self.settings.retry_interval_ticks;
         let now = self.now;
         match &mut self.rebuild {
-            Some(Rebuild::Probing { last_probe, .. }) if last_probe.is_none_or(|t| now >= t + retry) => {
+            Some(Rebuild::Probing { last_probe, .. })
+                if last_probe.is_none_or(|t| now >= t + retry) =>
+            {
                 *last_probe = Some(now);
                 let peers: Vec<NodeId> = self.known_peers();
                 self.send_all(&peers, Message::RebuildProbe(RebuildProbe {}));
             }
-            Some(Rebuild::AwaitingVote { last_rejoin }) if last_rejoin.is_none_or(|t| now >= t + retry) => {
+            Some(Rebuild::AwaitingVote { last_rejoin })
+                if last_rejoin.is_none_or(|t| now >= t + retry) =>
+            {
                 *last_rejoin = Some(now);
                 let to: Vec<NodeId> = match self.leader_hint {
                     Some(hint) => vec![hint],
@@ -278,7 +338,12 @@ impl Replica {
 
     /// Peers to probe: everyone in whatever membership we know, or the ids the driver configured.
     fn known_peers(&self) -> Vec<NodeId> {
-        let mut peers: Vec<NodeId> = self.membership.latest().members().chain(self.seed_peers.iter().copied()).collect();
+        let mut peers: Vec<NodeId> = self
+            .membership
+            .latest()
+            .members()
+            .chain(self.seed_peers.iter().copied())
+            .collect();
         peers.sort();
         peers.dedup();
         peers.retain(|n| *n != self.node);
@@ -299,19 +364,33 @@ impl Replica {
     }
 
     pub(crate) fn on_rebuild_probe_reply(&mut self, from: NodeId, reply: RebuildProbeReply) {
-        let Some(Rebuild::Probing { replies, .. }) = &mut self.rebuild else { return };
+        let Some(Rebuild::Probing { replies, .. }) = &mut self.rebuild else {
+            return;
+        };
         replies.insert(from, reply);
-        let Some(best) = replies.values().max_by_key(|r| r.chosen_through) else { return };
+        let Some(best) = replies.values().max_by_key(|r| r.chosen_through) else {
+            return;
+        };
         let configs: Vec<_> = best.membership.entries.iter().map(|(_, c)| c).collect();
-        let majorities = configs.iter().all(|c| c.voters.keys().filter(|n| replies.contains_key(n)).count() >= c.quorum());
+        let majorities = configs
+            .iter()
+            .all(|c| c.voters.keys().filter(|n| replies.contains_key(n)).count() >= c.quorum());
         if !majorities || !best.membership.latest().contains(self.node) {
             return;
         }
-        let known = replies.values().map(|r| r.incarnation_seen).max().unwrap_or(Incarnation(0));
+        let known = replies
+            .values()
+            .map(|r| r.incarnation_seen)
+            .max()
+            .unwrap_or(Incarnation(0));
         let known = known.max(self.incarnation);
         let target = best.chosen_through;
         let source_snapshot = best.snapshot.clone();
-        let source = *replies.iter().max_by_key(|(_, r)| r.chosen_through).map(|(n, _)| n).expect("non-empty");
+        let source = *replies
+            .iter()
+            .max_by_key(|(_, r)| r.chosen_through)
+            .map(|(n, _)| n)
+            .expect("non-empty");
         if self.bugs().rebuild_votes_at_once {
             // Planted bug: speak as the old incarnation at once, as if nothing had been lost.
             self.incarnation = known;
@@ -321,7 +400,13 @@ impl Replica {
         }
         self.incarnation = Incarnation(known.0 + 1);
         self.rebuild = Some(Rebuild::CatchingUp { target });
-        self.persist(vec![Record::RebuildBegan { node: self.node, incarnation: self.incarnation }], Vec::new());
+        self.persist(
+            vec![Record::RebuildBegan {
+                node: self.node,
+                incarnation: self.incarnation,
+            }],
+            Vec::new(),
+        );
         self.catch_up_from_scratch(source, source_snapshot, target);
     }
 
@@ -336,24 +421,39 @@ impl Replica {
             // Remembered so a restart mid-rebuild resumes on the right membership.
             self.persist(vec![Record::Snapshot(snapshot)], Vec::new());
             self.catch_up.last_request = Some(self.now);
-            self.send(source, Message::CatchUpRequest(CatchUpRequest { from: Slot(1) }));
+            self.send(
+                source,
+                Message::CatchUpRequest(CatchUpRequest { from: Slot(1) }),
+            );
         } else {
             self.catch_up.fetching_snapshot = Some(self.now);
-            self.actions.push_back(Action::FetchSnapshot { from: source, handle: snapshot });
+            self.actions.push_back(Action::FetchSnapshot {
+                from: source,
+                handle: snapshot,
+            });
         }
         self.check_rebuild_progress();
     }
 
     /// The highest incarnation of `node` this replica has seen in a config or an accepted value.
     fn incarnation_seen(&self, node: NodeId) -> Incarnation {
-        let in_configs = self.membership.entries.iter().filter_map(|(_, c)| c.incarnation_of(node));
+        let in_configs = self
+            .membership
+            .entries
+            .iter()
+            .filter_map(|(_, c)| c.incarnation_of(node));
         let in_log = self.log.values().flat_map(|state| {
-            state.value().entries.iter().filter_map(move |e| match &e.kind {
-                EntryKind::Reconfigure(MembershipChange::Reincarnate { node: n, incarnation }) if *n == node => {
-                    Some(*incarnation)
-                }
-                _ => None,
-            })
+            state
+                .value()
+                .entries
+                .iter()
+                .filter_map(move |e| match &e.kind {
+                    EntryKind::Reconfigure(MembershipChange::Reincarnate {
+                        node: n,
+                        incarnation,
+                    }) if *n == node => Some(*incarnation),
+                    _ => None,
+                })
         });
         in_configs.chain(in_log).max().unwrap_or(Incarnation(0))
     }

@@ -3,9 +3,13 @@
 
 use crate::action::{Action, RoleKind};
 use crate::durable::SlotState;
-use crate::message::{Accept, Accepted, Heartbeat, HeartbeatAck, Message, Nack, Prepare, Promise, Reported};
+use crate::message::{
+    Accept, Accepted, Heartbeat, HeartbeatAck, Message, Nack, Prepare, Promise, Reported,
+};
 use crate::replica::{InFlight, Master, Replica, Role, Voter};
-use crate::types::{Ballot, Entry, EntryId, EntryKind, Epoch, MembershipChange, NodeId, Slot, Value};
+use crate::types::{
+    Ballot, Entry, EntryId, EntryKind, Epoch, MembershipChange, NodeId, Slot, Value,
+};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 impl Replica {
@@ -20,7 +24,12 @@ impl Replica {
             return;
         }
         match &mut self.role {
-            Role::Candidate { ballot, lease_tick, promises, .. } if *ballot == promise.ballot => {
+            Role::Candidate {
+                ballot,
+                lease_tick,
+                promises,
+                ..
+            } if *ballot == promise.ballot => {
                 let lease_tick = *lease_tick;
                 promises.insert(voter, promise);
                 let voters: BTreeSet<Voter> = promises.keys().copied().collect();
@@ -30,7 +39,9 @@ impl Replica {
             }
             Role::Master(master) if master.ballot == promise.ballot => {
                 // A voter of a later config promised: its reports count for the slots it votes on.
-                master.promises.insert(voter, promise.entries.into_iter().collect());
+                master
+                    .promises
+                    .insert(voter, promise.entries.into_iter().collect());
                 self.fill_window();
             }
             _ => {}
@@ -38,7 +49,10 @@ impl Replica {
     }
 
     fn become_master(&mut self, lease_tick: u64) {
-        let Role::Candidate { ballot, promises, .. } = std::mem::replace(&mut self.role, Role::Follower) else {
+        let Role::Candidate {
+            ballot, promises, ..
+        } = std::mem::replace(&mut self.role, Role::Follower)
+        else {
             unreachable!("become_master outside candidacy")
         };
         let mut reports: BTreeMap<Voter, BTreeMap<Slot, Reported>> = BTreeMap::new();
@@ -80,7 +94,10 @@ impl Replica {
         }
         self.leader_hint = Some(self.node);
         self.role = Role::Master(Box::new(master));
-        self.actions.push_back(Action::RoleChanged { role: RoleKind::Master, epoch: Some(epoch) });
+        self.actions.push_back(Action::RoleChanged {
+            role: RoleKind::Master,
+            epoch: Some(epoch),
+        });
         for (slot, value) in chosen {
             self.record_chosen(slot, value);
         }
@@ -95,7 +112,9 @@ impl Replica {
     pub(crate) fn fill_window(&mut self) {
         let ack_early = self.bugs().ack_before_chosen;
         loop {
-            let Role::Master(master) = &mut self.role else { return };
+            let Role::Master(master) = &mut self.role else {
+                return;
+            };
             if master.next_slot <= self.chosen_through {
                 master.next_slot = self.chosen_through.next();
             }
@@ -103,7 +122,9 @@ impl Replica {
             if slot > self.chosen_through.plus(self.settings.window_slots) {
                 return;
             }
-            if self.log.get(&slot).is_some_and(SlotState::is_chosen) || master.in_flight.contains_key(&slot) {
+            if self.log.get(&slot).is_some_and(SlotState::is_chosen)
+                || master.in_flight.contains_key(&slot)
+            {
                 master.next_slot = slot.next();
                 continue;
             }
@@ -115,8 +136,16 @@ impl Replica {
             }
             // A membership change takes effect only once the slots before it are chosen: fill them
             // with no-ops when there is nothing else to propose.
-            let pending_config = self.membership.entries.last().is_some_and(|(start, _)| *start > slot);
-            let Some(value) = Self::next_value(master, config, slot, &self.settings, pending_config) else { return };
+            let pending_config = self
+                .membership
+                .entries
+                .last()
+                .is_some_and(|(start, _)| *start > slot);
+            let Some(value) =
+                Self::next_value(master, config, slot, &self.settings, pending_config)
+            else {
+                return;
+            };
             master.next_slot = slot.next();
             if ack_early {
                 self.ack_early(&value, slot);
@@ -139,7 +168,9 @@ impl Replica {
             }
             match reports.get(&slot) {
                 Some(Reported::Chosen { value }) => return Some(value.clone()),
-                Some(Reported::Accepted { ballot, value }) if best.is_none_or(|(b, _)| *ballot > b) => {
+                Some(Reported::Accepted { ballot, value })
+                    if best.is_none_or(|(b, _)| *ballot > b) =>
+                {
                     best = Some((*ballot, value));
                 }
                 _ => {}
@@ -158,7 +189,10 @@ impl Replica {
         let mut bytes = 0;
         while let Some(entry) = master.queue.front() {
             let size = entry.bytes();
-            if !entries.is_empty() && (entries.len() >= settings.batch_entries_max || bytes + size > settings.batch_bytes_max) {
+            if !entries.is_empty()
+                && (entries.len() >= settings.batch_entries_max
+                    || bytes + size > settings.batch_bytes_max)
+            {
                 break;
             }
             bytes += size;
@@ -168,39 +202,70 @@ impl Replica {
     }
 
     fn propose_slot(&mut self, slot: Slot, value: Value) {
-        let Role::Master(master) = &mut self.role else { return };
-        master.in_flight.insert(slot, InFlight { value, votes: BTreeSet::new(), sent_at: self.now });
+        let Role::Master(master) = &mut self.role else {
+            return;
+        };
+        master.in_flight.insert(
+            slot,
+            InFlight {
+                value,
+                votes: BTreeSet::new(),
+                sent_at: self.now,
+            },
+        );
         self.send_accept(slot);
     }
 
     /// Sends (or sends again) the accept for an in-flight slot to every member of its config.
     fn send_accept(&mut self, slot: Slot) {
-        let Role::Master(master) = &mut self.role else { return };
-        let Some(flight) = master.in_flight.get_mut(&slot) else { return };
+        let Role::Master(master) = &mut self.role else {
+            return;
+        };
+        let Some(flight) = master.in_flight.get_mut(&slot) else {
+            return;
+        };
         flight.sent_at = self.now;
-        let accept = Accept { ballot: master.ballot, slot, value: flight.value.clone(), chosen_through: self.chosen_through };
+        let accept = Accept {
+            ballot: master.ballot,
+            slot,
+            value: flight.value.clone(),
+            chosen_through: self.chosen_through,
+        };
         let to: Vec<NodeId> = self.membership.config_at(slot).members().collect();
         self.send_all(&to, Message::Accept(accept));
     }
 
     /// Accepts (or votes) lost in the network are sent again.
     fn resend_stale_accepts(&mut self) {
-        let Role::Master(master) = &self.role else { return };
+        let Role::Master(master) = &self.role else {
+            return;
+        };
         let due = self.now.saturating_sub(self.settings.retry_interval_ticks);
-        let stale: Vec<Slot> = master.in_flight.iter().filter(|(_, f)| f.sent_at <= due).map(|(s, _)| *s).collect();
+        let stale: Vec<Slot> = master
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.sent_at <= due)
+            .map(|(s, _)| *s)
+            .collect();
         for slot in stale {
             self.send_accept(slot);
         }
     }
 
     fn prepare_missing_voters(&mut self, slot: Slot) {
-        let Role::Master(master) = &mut self.role else { return };
+        let Role::Master(master) = &mut self.role else {
+            return;
+        };
         if self.now < master.last_prepare_retry + self.settings.retry_interval_ticks {
             return;
         }
         master.last_prepare_retry = self.now;
         // Slots before our chosen prefix are settled: ask only about the rest.
-        let prepare = Prepare { ballot: master.ballot, from: self.chosen_through.next(), lease_tick: self.now };
+        let prepare = Prepare {
+            ballot: master.ballot,
+            from: self.chosen_through.next(),
+            lease_tick: self.now,
+        };
         let missing: Vec<NodeId> = self
             .membership
             .config_at(slot)
@@ -213,20 +278,27 @@ impl Replica {
     }
 
     fn ack_early(&mut self, value: &Value, slot: Slot) {
-        let Role::Master(master) = &mut self.role else { return };
+        let Role::Master(master) = &mut self.role else {
+            return;
+        };
         for entry in value.entries.iter() {
             if master.outstanding.remove(&entry.id) {
-                self.actions.push_back(Action::Committed { id: entry.id, slot });
+                self.actions
+                    .push_back(Action::Committed { id: entry.id, slot });
             }
         }
     }
 
     pub(crate) fn on_accepted(&mut self, voter: Voter, accepted: Accepted) {
-        let Role::Master(master) = &mut self.role else { return };
+        let Role::Master(master) = &mut self.role else {
+            return;
+        };
         if accepted.ballot != master.ballot {
             return;
         }
-        let Some(flight) = master.in_flight.get_mut(&accepted.slot) else { return };
+        let Some(flight) = master.in_flight.get_mut(&accepted.slot) else {
+            return;
+        };
         flight.votes.insert(voter);
         let config = self.membership.config_at(accepted.slot);
         if config.count_voters(&flight.votes) < config.quorum() {
@@ -256,7 +328,9 @@ impl Replica {
     }
 
     pub(crate) fn on_heartbeat_ack(&mut self, voter: Voter, ack: HeartbeatAck) {
-        let Role::Master(master) = &mut self.role else { return };
+        let Role::Master(master) = &mut self.role else {
+            return;
+        };
         if ack.ballot != master.ballot {
             return;
         }
@@ -275,7 +349,9 @@ impl Replica {
             self.settings.master_lease_ticks()
         };
         let oldest = self.now.saturating_sub(duration);
-        let Role::Master(master) = &self.role else { return };
+        let Role::Master(master) = &self.role else {
+            return;
+        };
         let mut until = 0;
         for (tick, grantors) in master.lease_rounds.range(oldest..).rev() {
             if self.quorum_of_window(grantors) {
@@ -283,14 +359,18 @@ impl Replica {
                 break;
             }
         }
-        let Role::Master(master) = &mut self.role else { return };
+        let Role::Master(master) = &mut self.role else {
+            return;
+        };
         master.lease_rounds = master.lease_rounds.split_off(&oldest);
         master.lease_until = until;
         master.last_lease_end = master.last_lease_end.max(until);
     }
 
     pub(crate) fn tick_master(&mut self) {
-        let Role::Master(master) = &self.role else { return };
+        let Role::Master(master) = &self.role else {
+            return;
+        };
         let (last_heartbeat, last_digest) = (master.last_heartbeat, master.last_digest);
         let lapsed_for = self.now.saturating_sub(master.last_lease_end);
         if !self.is_voter_now() || lapsed_for > self.settings.election_timeout_ticks {
@@ -315,16 +395,27 @@ impl Replica {
 
     pub(crate) fn send_heartbeats(&mut self) {
         let members = self.members();
-        let Role::Master(master) = &mut self.role else { return };
+        let Role::Master(master) = &mut self.role else {
+            return;
+        };
         master.last_heartbeat = self.now;
         master.lease_rounds.entry(self.now).or_default();
-        let heartbeat = Heartbeat { ballot: master.ballot, lease_tick: self.now, chosen_through: self.chosen_through };
+        let heartbeat = Heartbeat {
+            ballot: master.ballot,
+            lease_tick: self.now,
+            chosen_through: self.chosen_through,
+        };
         self.send_all(&members, Message::Heartbeat(heartbeat));
     }
 
     pub(crate) fn submit_internal(&mut self, kind: EntryKind) {
-        let Role::Master(master) = &mut self.role else { return };
-        let id = EntryId { epoch: master.epoch, seq: master.next_seq };
+        let Role::Master(master) = &mut self.role else {
+            return;
+        };
+        let id = EntryId {
+            epoch: master.epoch,
+            seq: master.next_seq,
+        };
         master.next_seq += 1;
         master.queue.push_back(Entry { id, kind });
         self.fill_window();
@@ -332,12 +423,16 @@ impl Replica {
 
     /// Acknowledges this tenure's submits in a value just applied.
     pub(crate) fn acknowledge(&mut self, slot: Slot, value: &Value) {
-        let Role::Master(master) = &mut self.role else { return };
+        let Role::Master(master) = &mut self.role else {
+            return;
+        };
         for entry in value.entries.iter() {
             if master.outstanding.remove(&entry.id) {
-                self.actions.push_back(Action::Committed { id: entry.id, slot });
+                self.actions
+                    .push_back(Action::Committed { id: entry.id, slot });
             }
-            if let EntryKind::Reconfigure(MembershipChange::Reincarnate { node, .. }) = &entry.kind {
+            if let EntryKind::Reconfigure(MembershipChange::Reincarnate { node, .. }) = &entry.kind
+            {
                 master.rejoining.remove(node);
             }
         }
@@ -345,7 +440,9 @@ impl Replica {
 
     pub(crate) fn on_rejoin(&mut self, voter: Voter) {
         let (node, incarnation) = voter;
-        let Role::Master(master) = &self.role else { return };
+        let Role::Master(master) = &self.role else {
+            return;
+        };
         if master.rejoining.contains(&node) {
             return;
         }

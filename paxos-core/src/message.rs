@@ -2,7 +2,7 @@
 //! boundary (`Message::invalid`), trusted after it.
 
 use crate::limits;
-use crate::types::{Ballot, Incarnation, MembershipLog, NodeId, SnapshotHandle, Slot, Value};
+use crate::types::{Ballot, Incarnation, MembershipLog, NodeId, Slot, SnapshotHandle, Value};
 use serde::{Deserialize, Serialize};
 
 /// Every message says who sent it and under which incarnation: votes of a lost incarnation never
@@ -159,17 +159,27 @@ impl Message {
     pub fn invalid(&self) -> Option<&'static str> {
         match self {
             Message::Accept(m) if m.slot == Slot::ZERO => Some("accept for slot 0"),
-            Message::Accept(m) if m.value.bytes() > limits::VALUE_BYTES_MAX => Some("accept value too large"),
+            Message::Accept(m) if m.value.bytes() > limits::VALUE_BYTES_MAX => {
+                Some("accept value too large")
+            }
             Message::Accepted(m) if m.slot == Slot::ZERO => Some("accepted for slot 0"),
             Message::Prepare(m) if m.from == Slot::ZERO => Some("prepare from slot 0"),
-            Message::Promise(m) if m.entries.len() > limits::PROMISE_ENTRIES_MAX => Some("promise too long"),
-            Message::CatchUpReply(m) if m.entries.len() > limits::CATCH_UP_ENTRIES_MAX => Some("catch-up reply too long"),
+            Message::Promise(m) if m.entries.len() > limits::PROMISE_ENTRIES_MAX => {
+                Some("promise too long")
+            }
+            Message::CatchUpReply(m) if m.entries.len() > limits::CATCH_UP_ENTRIES_MAX => {
+                Some("catch-up reply too long")
+            }
             Message::CatchUpReply(m) if !contiguous(m.entries.iter().map(|(s, _)| *s)) => {
                 Some("catch-up reply not contiguous")
             }
             Message::CatchUpRequest(m) if m.from == Slot::ZERO => Some("catch-up from slot 0"),
-            Message::RebuildProbeReply(m) if m.membership.entries.is_empty() => Some("empty membership"),
-            Message::SnapshotRequired(m) if m.handle.membership.entries.is_empty() => Some("empty membership"),
+            Message::RebuildProbeReply(m) if m.membership.entries.is_empty() => {
+                Some("empty membership")
+            }
+            Message::SnapshotRequired(m) if m.handle.membership.entries.is_empty() => {
+                Some("empty membership")
+            }
             _ => None,
         }
     }

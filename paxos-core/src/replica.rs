@@ -9,8 +9,8 @@ use crate::message::{Envelope, Message};
 use crate::rng::Rng;
 use crate::settings::Settings;
 use crate::types::{
-    Ballot, Config, Entry, EntryId, EntryKind, Epoch, Incarnation, MembershipChange, MembershipLog, NodeId,
-    SnapshotHandle, Slot, Value,
+    Ballot, Config, Entry, EntryId, EntryKind, Epoch, Incarnation, MembershipChange, MembershipLog,
+    NodeId, Slot, SnapshotHandle, Value,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -50,9 +50,18 @@ pub(crate) struct LeaseGrant {
 pub(crate) enum Role {
     Follower,
     /// Pre-vote: asking whether a majority would promise, without raising anyone's ballot.
-    PreCandidate { ballot: Ballot, started: u64, oks: BTreeSet<Voter> },
+    PreCandidate {
+        ballot: Ballot,
+        started: u64,
+        oks: BTreeSet<Voter>,
+    },
     /// Phase 1 in progress.
-    Candidate { ballot: Ballot, started: u64, lease_tick: u64, promises: BTreeMap<Voter, crate::message::Promise> },
+    Candidate {
+        ballot: Ballot,
+        started: u64,
+        lease_tick: u64,
+        promises: BTreeMap<Voter, crate::message::Promise>,
+    },
     Master(Box<Master>),
 }
 
@@ -94,7 +103,10 @@ pub(crate) struct Master {
 
 pub(crate) enum Rebuild {
     /// Asking peers what they know of the group and of us.
-    Probing { replies: BTreeMap<NodeId, crate::message::RebuildProbeReply>, last_probe: Option<u64> },
+    Probing {
+        replies: BTreeMap<NodeId, crate::message::RebuildProbeReply>,
+        last_probe: Option<u64>,
+    },
     /// Learning the log up to `target` without voting.
     CatchingUp { target: Slot },
     /// Caught up; waiting for a reincarnation chosen through the log to take effect.
@@ -157,7 +169,13 @@ impl std::fmt::Debug for Replica {
 }
 
 impl Replica {
-    fn blank(node: NodeId, incarnation: Incarnation, settings: Settings, seed: u64, membership: MembershipLog) -> Replica {
+    fn blank(
+        node: NodeId,
+        incarnation: Incarnation,
+        settings: Settings,
+        seed: u64,
+        membership: MembershipLog,
+    ) -> Replica {
         assert_eq!(settings.invalid(), None, "invalid settings");
         let mut replica = Replica {
             node,
@@ -168,7 +186,10 @@ impl Replica {
             promised: Ballot::ZERO,
             max_ballot_seen: Ballot::ZERO,
             log: BTreeMap::new(),
-            snapshot: SnapshotHandle { slot: Slot::ZERO, membership: membership.clone() },
+            snapshot: SnapshotHandle {
+                slot: Slot::ZERO,
+                membership: membership.clone(),
+            },
             membership,
             chosen_through: Slot::ZERO,
             known_chosen: Slot::ZERO,
@@ -177,7 +198,10 @@ impl Replica {
             leader_hint: None,
             role: Role::Follower,
             rebuild: None,
-            catch_up: CatchUp { last_request: None, fetching_snapshot: None },
+            catch_up: CatchUp {
+                last_request: None,
+                fetching_snapshot: None,
+            },
             digests: BTreeMap::new(),
             corrupt: false,
             stash: Vec::new(),
@@ -192,16 +216,30 @@ impl Replica {
 
     /// A member of a brand-new cluster. Emits the bootstrap record to persist.
     pub fn bootstrap(node: NodeId, config: Config, settings: Settings, seed: u64) -> Replica {
-        let incarnation = config.incarnation_of(node).expect("a bootstrapping node is in the initial config");
+        let incarnation = config
+            .incarnation_of(node)
+            .expect("a bootstrapping node is in the initial config");
         let membership = MembershipLog::initial(config);
         let mut replica = Replica::blank(node, incarnation, settings, seed, membership.clone());
-        replica.persist(vec![Record::Bootstrap { node, incarnation, membership }], Vec::new());
+        replica.persist(
+            vec![Record::Bootstrap {
+                node,
+                incarnation,
+                membership,
+            }],
+            Vec::new(),
+        );
         replica
     }
 
     /// A replica restarting from the records that survived on its disk. It refuses to promise for one
     /// full lease after the restart, since it may have granted a lease it no longer remembers.
-    pub fn recover(state: DurableState, peers: Vec<NodeId>, settings: Settings, seed: u64) -> Replica {
+    pub fn recover(
+        state: DurableState,
+        peers: Vec<NodeId>,
+        settings: Settings,
+        seed: u64,
+    ) -> Replica {
         let known_group = !state.snapshot.membership.latest().voters.is_empty();
         if state.rebuilding && !known_group {
             // Interrupted before it learned anything: start over (the new incarnation will be higher).
@@ -209,7 +247,13 @@ impl Replica {
             replica.incarnation = state.incarnation;
             return replica;
         }
-        let mut replica = Replica::blank(state.node, state.incarnation, settings, seed, state.snapshot.membership.clone());
+        let mut replica = Replica::blank(
+            state.node,
+            state.incarnation,
+            settings,
+            seed,
+            state.snapshot.membership.clone(),
+        );
         replica.seed_peers = peers;
         if state.rebuilding {
             // This incarnation never voted (votes follow RebuildDone on disk): finish the rebuild
@@ -221,7 +265,10 @@ impl Replica {
         replica.snapshot = state.snapshot;
         replica.chosen_through = replica.snapshot.slot;
         replica.log = state.log;
-        replica.lease_granted = Some(LeaseGrant { holder: None, until: replica.settings.lease_ticks + 1 });
+        replica.lease_granted = Some(LeaseGrant {
+            holder: None,
+            until: replica.settings.lease_ticks + 1,
+        });
         replica.advance_chosen();
         replica
     }
@@ -233,8 +280,14 @@ impl Replica {
         let placeholder = MembershipLog::initial(Config::default());
         let mut replica = Replica::blank(node, Incarnation(0), settings, seed, placeholder);
         replica.seed_peers = peers;
-        replica.rebuild = Some(Rebuild::Probing { replies: BTreeMap::new(), last_probe: None });
-        replica.lease_granted = Some(LeaseGrant { holder: None, until: replica.settings.lease_ticks + 1 });
+        replica.rebuild = Some(Rebuild::Probing {
+            replies: BTreeMap::new(),
+            last_probe: None,
+        });
+        replica.lease_granted = Some(LeaseGrant {
+            holder: None,
+            until: replica.settings.lease_ticks + 1,
+        });
         replica
     }
 
@@ -286,7 +339,11 @@ impl Replica {
         if self.corrupt || envelope.message.invalid().is_some() {
             return;
         }
-        let Envelope { from, incarnation, message } = envelope;
+        let Envelope {
+            from,
+            incarnation,
+            message,
+        } = envelope;
         let voter = (from, incarnation);
         match message {
             Message::Probe(m) => self.on_probe(from, m),
@@ -313,23 +370,37 @@ impl Replica {
     pub fn propose(&mut self, data: Vec<u8>) -> Result<EntryId, ProposeError> {
         let bytes = data.len();
         if bytes > self.settings.batch_bytes_max {
-            return Err(ProposeError::TooLarge { bytes, max: self.settings.batch_bytes_max });
+            return Err(ProposeError::TooLarge {
+                bytes,
+                max: self.settings.batch_bytes_max,
+            });
         }
         self.submit(EntryKind::App(data))
     }
 
     /// Submits a membership change (one at a time; it takes effect `window_slots` after its slot).
-    pub fn propose_membership(&mut self, change: MembershipChange) -> Result<EntryId, ProposeError> {
+    pub fn propose_membership(
+        &mut self,
+        change: MembershipChange,
+    ) -> Result<EntryId, ProposeError> {
         if self.membership_change_pending() {
-            return Err(ProposeError::Membership("another membership change is in progress"));
+            return Err(ProposeError::Membership(
+                "another membership change is in progress",
+            ));
         }
-        self.membership.latest().apply(&change).map_err(ProposeError::Membership)?;
+        self.membership
+            .latest()
+            .apply(&change)
+            .map_err(ProposeError::Membership)?;
         self.submit(EntryKind::Reconfigure(change))
     }
 
     /// The application finished a snapshot taken with `snapshot_handle`: the log before it may go.
     pub fn handle_snapshot_done(&mut self, handle: SnapshotHandle) {
-        assert!(handle.slot <= self.chosen_through, "snapshot of a slot not yet applied");
+        assert!(
+            handle.slot <= self.chosen_through,
+            "snapshot of a slot not yet applied"
+        );
         if handle.slot <= self.snapshot.slot {
             return;
         }
@@ -353,7 +424,10 @@ impl Replica {
     pub fn snapshot_handle(&self) -> SnapshotHandle {
         let mut membership = self.membership.clone();
         membership.forget_before(self.chosen_through.next());
-        SnapshotHandle { slot: self.chosen_through, membership }
+        SnapshotHandle {
+            slot: self.chosen_through,
+            membership,
+        }
     }
 
     pub fn node(&self) -> NodeId {
@@ -419,7 +493,8 @@ impl Replica {
     pub fn lease_read_ok(&self) -> bool {
         match &self.role {
             Role::Master(m) => {
-                (self.bugs().read_ignores_lease || self.now < m.lease_until) && self.chosen_through >= m.recover_through
+                (self.bugs().read_ignores_lease || self.now < m.lease_until)
+                    && self.chosen_through >= m.recover_through
             }
             _ => false,
         }
@@ -428,11 +503,18 @@ impl Replica {
     // ----- shared helpers -----
 
     pub(crate) fn envelope(&self, message: Message) -> Envelope {
-        Envelope { from: self.node, incarnation: self.incarnation, message }
+        Envelope {
+            from: self.node,
+            incarnation: self.incarnation,
+            message,
+        }
     }
 
     pub(crate) fn outgoing(&self, to: NodeId, message: Message) -> Outgoing {
-        Outgoing { to, envelope: self.envelope(message) }
+        Outgoing {
+            to,
+            envelope: self.envelope(message),
+        }
     }
 
     pub(crate) fn send(&mut self, to: NodeId, message: Message) {
@@ -450,7 +532,8 @@ impl Replica {
     }
 
     pub(crate) fn persist(&mut self, records: Vec<Record>, messages: Vec<Outgoing>) {
-        self.actions.push_back(Action::Persist { records, messages });
+        self.actions
+            .push_back(Action::Persist { records, messages });
     }
 
     /// Every member of every config in force from the next unchosen slot on (where messages go).
@@ -465,12 +548,14 @@ impl Replica {
     /// The configs in force for the slots a master may have in flight.
     pub(crate) fn window_configs(&self) -> impl Iterator<Item = &Config> {
         let from = self.chosen_through.next();
-        self.membership.configs_between(from, from.plus(self.settings.window_slots))
+        self.membership
+            .configs_between(from, from.plus(self.settings.window_slots))
     }
 
     /// True if `voters` hold a majority of every config in the window.
     pub(crate) fn quorum_of_window(&self, voters: &BTreeSet<Voter>) -> bool {
-        self.window_configs().all(|config| config.count_voters(voters) >= config.quorum())
+        self.window_configs()
+            .all(|config| config.count_voters(voters) >= config.quorum())
     }
 
     pub(crate) fn is_voter_now(&self) -> bool {
@@ -491,19 +576,34 @@ impl Replica {
             Role::Master(master) => self.fail_tenure(*master),
             Role::PreCandidate { .. } | Role::Candidate { .. } => {}
         }
-        self.actions.push_back(Action::RoleChanged { role: RoleKind::Follower, epoch: None });
+        self.actions.push_back(Action::RoleChanged {
+            role: RoleKind::Follower,
+            epoch: None,
+        });
     }
 
     fn fail_tenure(&mut self, master: Master) {
         if self.bugs().keep_proposals_across_epochs {
             self.stash.extend(master.queue);
             for flight in master.in_flight.into_values() {
-                self.stash.extend(flight.value.entries.iter().filter(|e| e.id.epoch == master.epoch).cloned());
+                self.stash.extend(
+                    flight
+                        .value
+                        .entries
+                        .iter()
+                        .filter(|e| e.id.epoch == master.epoch)
+                        .cloned(),
+                );
             }
             return;
         }
         for id in master.outstanding {
-            self.actions.push_back(Action::Failed { id, error: ProposeError::EpochChanged { submitted: master.epoch } });
+            self.actions.push_back(Action::Failed {
+                id,
+                error: ProposeError::EpochChanged {
+                    submitted: master.epoch,
+                },
+            });
         }
     }
 
@@ -515,7 +615,10 @@ impl Replica {
         if master.queue.len() >= crate::limits::PENDING_ENTRIES_MAX {
             return Err(ProposeError::Overloaded);
         }
-        let id = EntryId { epoch: master.epoch, seq: master.next_seq };
+        let id = EntryId {
+            epoch: master.epoch,
+            seq: master.next_seq,
+        };
         master.next_seq += 1;
         master.queue.push_back(Entry { id, kind });
         master.outstanding.insert(id);
@@ -524,34 +627,68 @@ impl Replica {
     }
 
     fn membership_change_pending(&self) -> bool {
-        let last_start = self.membership.entries.last().map(|(s, _)| *s).unwrap_or(Slot::ZERO);
+        let last_start = self
+            .membership
+            .entries
+            .last()
+            .map(|(s, _)| *s)
+            .unwrap_or(Slot::ZERO);
         if last_start > self.chosen_through.next() {
             return true;
         }
-        let Role::Master(master) = &self.role else { return false };
+        let Role::Master(master) = &self.role else {
+            return false;
+        };
         let reconfigure = |e: &Entry| matches!(e.kind, EntryKind::Reconfigure(_));
         master.queue.iter().any(reconfigure)
-            || master.in_flight.values().any(|f| f.value.entries.iter().any(reconfigure))
+            || master
+                .in_flight
+                .values()
+                .any(|f| f.value.entries.iter().any(reconfigure))
     }
 
     /// Checks the invariants that must hold between any two steps. Cheap enough to run after every
     /// step in tests and simulation; violations are programmer errors and panic.
     pub fn check_invariants(&self) {
-        assert!(self.snapshot.slot <= self.chosen_through, "snapshot beyond chosen prefix");
-        assert!(self.max_ballot_seen >= self.promised, "promise above the highest ballot seen");
+        assert!(
+            self.snapshot.slot <= self.chosen_through,
+            "snapshot beyond chosen prefix"
+        );
+        assert!(
+            self.max_ballot_seen >= self.promised,
+            "promise above the highest ballot seen"
+        );
         if let Some((first, _)) = self.log.first_key_value() {
-            assert!(*first > self.snapshot.slot, "log holds a slot behind the snapshot");
+            assert!(
+                *first > self.snapshot.slot,
+                "log holds a slot behind the snapshot"
+            );
         }
         if let Some(state) = self.log.get(&self.chosen_through.next()) {
-            assert!(!state.is_chosen(), "chosen prefix not advanced over a chosen slot");
+            assert!(
+                !state.is_chosen(),
+                "chosen prefix not advanced over a chosen slot"
+            );
         }
         if let Role::Master(m) = &self.role {
-            assert!(m.next_slot > self.chosen_through || m.in_flight.is_empty(), "master window behind");
-            assert!(m.ballot <= self.max_ballot_seen, "master ballot above the highest seen");
+            assert!(
+                m.next_slot > self.chosen_through || m.in_flight.is_empty(),
+                "master window behind"
+            );
+            assert!(
+                m.ballot <= self.max_ballot_seen,
+                "master ballot above the highest seen"
+            );
             for slot in m.in_flight.keys() {
-                assert!(*slot <= self.chosen_through.plus(self.settings.window_slots), "slot beyond the window");
+                assert!(
+                    *slot <= self.chosen_through.plus(self.settings.window_slots),
+                    "slot beyond the window"
+                );
             }
         }
-        assert!(!(self.rebuild.is_some() && matches!(self.role, Role::Master(_))), "rebuilding master");
+        assert!(
+            !(self.rebuild.is_some() && matches!(self.role, Role::Master(_))),
+            "rebuilding master"
+        );
     }
 }

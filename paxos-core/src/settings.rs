@@ -91,7 +91,12 @@ mod tests {
 
     #[test]
     fn master_lease_is_shorter_than_the_grant_by_the_drift() {
-        let mut s = Settings { lease_ticks: 1000, clock_drift_ppm: 50_000, lease_margin_ticks: 1, ..Settings::default() };
+        let mut s = Settings {
+            lease_ticks: 1000,
+            clock_drift_ppm: 50_000,
+            lease_margin_ticks: 1,
+            ..Settings::default()
+        };
         // 1000 * 0.95 / 1.05 = 904.76 -> 904, minus the margin.
         assert_eq!(s.master_lease_ticks(), 903);
         s.clock_drift_ppm = 0;

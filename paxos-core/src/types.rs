@@ -8,7 +8,9 @@ use std::fmt;
 pub struct NodeId(pub u64);
 
 /// A position in the replicated log. Slot 0 is "before the log"; the first value goes in slot 1.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Slot(pub u64);
 
 /// How many times a node's durable state was lost and rebuilt. A rebuilt replica speaks under a new
@@ -51,10 +53,16 @@ impl Slot {
 }
 
 impl Ballot {
-    pub const ZERO: Ballot = Ballot { round: 0, node: NodeId(0) };
+    pub const ZERO: Ballot = Ballot {
+        round: 0,
+        node: NodeId(0),
+    };
     /// The smallest ballot owned by `node` that is above `self`.
     pub fn successor_for(self, node: NodeId) -> Ballot {
-        Ballot { round: self.round + 1, node }
+        Ballot {
+            round: self.round + 1,
+            node,
+        }
     }
 }
 
@@ -111,7 +119,9 @@ impl Default for Value {
 
 impl Value {
     pub fn new(entries: Vec<Entry>) -> Value {
-        Value { entries: entries.into() }
+        Value {
+            entries: entries.into(),
+        }
     }
     pub fn noop() -> Value {
         Value::new(Vec::new())
@@ -142,7 +152,10 @@ pub enum MembershipChange {
     Remove(NodeId),
     /// A node rebuilt or joined under a new incarnation: votes of older incarnations stop counting,
     /// and the node votes again (if it is a voter) from the slot where this change takes effect.
-    Reincarnate { node: NodeId, incarnation: Incarnation },
+    Reincarnate {
+        node: NodeId,
+        incarnation: Incarnation,
+    },
 }
 
 /// Voting and non-voting members, each with the incarnation whose votes count.
@@ -169,14 +182,23 @@ impl Config {
         self.voters.contains_key(&node) || self.learners.contains_key(&node)
     }
     pub fn incarnation_of(&self, node: NodeId) -> Option<Incarnation> {
-        self.voters.get(&node).or_else(|| self.learners.get(&node)).copied()
+        self.voters
+            .get(&node)
+            .or_else(|| self.learners.get(&node))
+            .copied()
     }
     pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.voters.keys().chain(self.learners.keys()).copied()
     }
     /// How many of `nodes` are voters of this config (under the right incarnation).
-    pub fn count_voters<'a>(&self, nodes: impl IntoIterator<Item = &'a (NodeId, Incarnation)>) -> usize {
-        nodes.into_iter().filter(|(n, i)| self.is_voter(*n, *i)).count()
+    pub fn count_voters<'a>(
+        &self,
+        nodes: impl IntoIterator<Item = &'a (NodeId, Incarnation)>,
+    ) -> usize {
+        nodes
+            .into_iter()
+            .filter(|(n, i)| self.is_voter(*n, *i))
+            .count()
     }
 
     /// Applies `change`, or returns why it does not apply. Deterministic: every replica applying the
@@ -234,19 +256,32 @@ pub struct MembershipLog {
 
 impl MembershipLog {
     pub fn initial(config: Config) -> MembershipLog {
-        MembershipLog { entries: vec![(Slot(1), config)] }
+        MembershipLog {
+            entries: vec![(Slot(1), config)],
+        }
     }
     pub fn config_at(&self, slot: Slot) -> &Config {
         let index = self.entries.partition_point(|(start, _)| *start <= slot);
         &self.entries[index.saturating_sub(1)].1
     }
     pub fn latest(&self) -> &Config {
-        &self.entries.last().expect("membership log is never empty").1
+        &self
+            .entries
+            .last()
+            .expect("membership log is never empty")
+            .1
     }
     /// Records a config taking effect at `start` (must be after every recorded start).
     pub fn push(&mut self, start: Slot, config: Config) {
-        let last = self.entries.last().expect("membership log is never empty").0;
-        assert!(start > last, "membership starts must increase: {start} after {last}");
+        let last = self
+            .entries
+            .last()
+            .expect("membership log is never empty")
+            .0;
+        assert!(
+            start > last,
+            "membership starts must increase: {start} after {last}"
+        );
         self.entries.push((start, config));
     }
     /// Forgets configs no slot at or after `slot` can need.
@@ -258,8 +293,14 @@ impl MembershipLog {
     }
     /// The distinct configs in force for slots `from..=to`.
     pub fn configs_between(&self, from: Slot, to: Slot) -> impl Iterator<Item = &Config> {
-        let first = self.entries.partition_point(|(start, _)| *start <= from).saturating_sub(1);
-        self.entries[first..].iter().take_while(move |(start, _)| *start <= to).map(|(_, c)| c)
+        let first = self
+            .entries
+            .partition_point(|(start, _)| *start <= from)
+            .saturating_sub(1);
+        self.entries[first..]
+            .iter()
+            .take_while(move |(start, _)| *start <= to)
+            .map(|(_, c)| c)
     }
 }
 
@@ -278,17 +319,37 @@ mod tests {
 
     #[test]
     fn ballots_order_by_round_then_node() {
-        let a = Ballot { round: 1, node: NodeId(9) };
-        let b = Ballot { round: 2, node: NodeId(1) };
+        let a = Ballot {
+            round: 1,
+            node: NodeId(9),
+        };
+        let b = Ballot {
+            round: 2,
+            node: NodeId(1),
+        };
         assert!(a < b);
-        assert!(Ballot { round: 2, node: NodeId(2) } > b);
-        assert_eq!(a.successor_for(NodeId(3)), Ballot { round: 2, node: NodeId(3) });
+        assert!(
+            Ballot {
+                round: 2,
+                node: NodeId(2)
+            } > b
+        );
+        assert_eq!(
+            a.successor_for(NodeId(3)),
+            Ballot {
+                round: 2,
+                node: NodeId(3)
+            }
+        );
     }
 
     #[test]
     fn membership_log_answers_by_slot() {
         let mut log = MembershipLog::initial(Config::new([NodeId(1), NodeId(2), NodeId(3)]));
-        let bigger = log.latest().apply(&MembershipChange::AddLearner(NodeId(4))).unwrap();
+        let bigger = log
+            .latest()
+            .apply(&MembershipChange::AddLearner(NodeId(4)))
+            .unwrap();
         log.push(Slot(10), bigger.clone());
         assert_eq!(log.config_at(Slot(9)).learners.len(), 0);
         assert_eq!(log.config_at(Slot(10)), &bigger);
@@ -305,8 +366,14 @@ mod tests {
         assert!(c.apply(&MembershipChange::Remove(NodeId(1))).is_err());
         assert!(c.apply(&MembershipChange::Promote(NodeId(1))).is_err());
         let c = c.apply(&MembershipChange::AddLearner(NodeId(2))).unwrap();
-        assert!(c.apply(&MembershipChange::Promote(NodeId(2))).is_err(), "not joined yet");
-        let joined = MembershipChange::Reincarnate { node: NodeId(2), incarnation: Incarnation(1) };
+        assert!(
+            c.apply(&MembershipChange::Promote(NodeId(2))).is_err(),
+            "not joined yet"
+        );
+        let joined = MembershipChange::Reincarnate {
+            node: NodeId(2),
+            incarnation: Incarnation(1),
+        };
         let c = c.apply(&joined).unwrap();
         assert!(c.apply(&joined).is_err(), "same incarnation twice");
         let c = c.apply(&MembershipChange::Promote(NodeId(2))).unwrap();

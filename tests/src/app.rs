@@ -22,7 +22,12 @@ pub struct Applied {
 
 impl Register {
     pub fn apply(&mut self, slot: Slot, value: &Value) -> Applied {
-        assert_eq!(slot, self.applied.next(), "apply out of order: {slot} after {}", self.applied);
+        assert_eq!(
+            slot,
+            self.applied.next(),
+            "apply out of order: {slot} after {}",
+            self.applied
+        );
         self.applied = slot;
         self.chain = chain(self.chain, slot, value);
         let mut applied = Applied::default();

@@ -3,7 +3,9 @@
 //! and the safety checkers built on it.
 
 use crate::app::chain;
-use paxos_core::{Ballot, Config, EntryId, EntryKind, Incarnation, MembershipLog, NodeId, Slot, Value};
+use paxos_core::{
+    Ballot, Config, EntryId, EntryKind, Incarnation, MembershipLog, NodeId, Slot, Value,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -30,6 +32,20 @@ pub enum Check {
     Panic,
 }
 
+impl Check {
+    pub const ALL: [Check; 9] = [
+        Check::OneValuePerSlot,
+        Check::PrefixAgreement,
+        Check::LeaseOverlap,
+        Check::StaleRead,
+        Check::AckedLost,
+        Check::Epoch,
+        Check::RebuildVoted,
+        Check::Liveness,
+        Check::Panic,
+    ];
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
     pub check: Check,
@@ -39,7 +55,13 @@ pub struct Violation {
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} violated at t={:.6}s: {}", self.check, self.at_ns as f64 / 1e9, self.detail)
+        write!(
+            f,
+            "{:?} violated at t={:.6}s: {}",
+            self.check,
+            self.at_ns as f64 / 1e9,
+            self.detail
+        )
     }
 }
 
@@ -52,6 +74,8 @@ struct SlotVotes {
 
 #[allow(missing_debug_implementations)]
 pub struct Oracle {
+    /// Checks that may fail (all by default; a teeth test enables one at a time).
+    enabled: Vec<Check>,
     window: u64,
     votes: BTreeMap<Slot, SlotVotes>,
     /// Slots a majority really chose, and their values.
@@ -71,8 +95,9 @@ pub struct Oracle {
 }
 
 impl Oracle {
-    pub fn new(config: Config, window: u64) -> Oracle {
+    pub fn new(config: Config, window: u64, enabled: Vec<Check>) -> Oracle {
         Oracle {
+            enabled,
             window,
             votes: BTreeMap::new(),
             chosen: BTreeMap::new(),
@@ -88,8 +113,12 @@ impl Oracle {
     }
 
     pub fn fail(&mut self, check: Check, at_ns: u64, detail: String) {
-        if self.violation.is_none() {
-            self.violation = Some(Violation { check, at_ns, detail });
+        if self.violation.is_none() && self.enabled.contains(&check) {
+            self.violation = Some(Violation {
+                check,
+                at_ns,
+                detail,
+            });
         }
     }
 
@@ -99,9 +128,21 @@ impl Oracle {
     }
 
     /// An acceptor made an accept durable.
-    pub fn on_durable_accept(&mut self, now: u64, voter: Voter, slot: Slot, ballot: Ballot, value: &Value) {
-        let votes = self.votes.entry(slot).or_insert_with(|| SlotVotes { by_ballot: BTreeMap::new() });
-        let (held, voters) = votes.by_ballot.entry(ballot).or_insert_with(|| (value.clone(), BTreeSet::new()));
+    pub fn on_durable_accept(
+        &mut self,
+        now: u64,
+        voter: Voter,
+        slot: Slot,
+        ballot: Ballot,
+        value: &Value,
+    ) {
+        let votes = self.votes.entry(slot).or_insert_with(|| SlotVotes {
+            by_ballot: BTreeMap::new(),
+        });
+        let (held, voters) = votes
+            .by_ballot
+            .entry(ballot)
+            .or_insert_with(|| (value.clone(), BTreeSet::new()));
         if held != value {
             let detail = format!("two values accepted for {slot} under one ballot {ballot}");
             self.fail(Check::OneValuePerSlot, now, detail);
@@ -118,7 +159,9 @@ impl Oracle {
         if slot > self.prefix.plus(self.window) {
             return; // its config is not decided yet; evaluated when the prefix gets there
         }
-        let Some(votes) = self.votes.get(&slot) else { return };
+        let Some(votes) = self.votes.get(&slot) else {
+            return;
+        };
         let config = self.membership.config_at(slot);
         let mut newly: Option<Value> = None;
         for (ballot, (value, voters)) in &votes.by_ballot {
@@ -143,7 +186,9 @@ impl Oracle {
     fn on_chosen(&mut self, now: u64, slot: Slot, value: Value) {
         if let Some(ids) = self.acked_by_slot.get(&slot) {
             if let Some(id) = ids.iter().find(|id| !contains(&value, **id)) {
-                let detail = format!("entry {id:?} was acknowledged at {slot}, but {slot} chose another value");
+                let detail = format!(
+                    "entry {id:?} was acknowledged at {slot}, but {slot} chose another value"
+                );
                 self.fail(Check::AckedLost, now, detail);
             }
         }
@@ -153,8 +198,15 @@ impl Oracle {
             let slot = self.prefix.next();
             let previous = self.chains[&self.prefix];
             self.chains.insert(slot, chain(previous, slot, value));
-            let reconfigures = value.entries.iter().any(|e| matches!(e.kind, EntryKind::Reconfigure(_)));
-            let mut config = if reconfigures { self.membership.latest().clone() } else { Config::default() };
+            let reconfigures = value
+                .entries
+                .iter()
+                .any(|e| matches!(e.kind, EntryKind::Reconfigure(_)));
+            let mut config = if reconfigures {
+                self.membership.latest().clone()
+            } else {
+                Config::default()
+            };
             let mut changed = false;
             for entry in value.entries.iter() {
                 if let EntryKind::Reconfigure(change) = &entry.kind {
@@ -185,8 +237,16 @@ impl Oracle {
     pub fn on_apply(&mut self, now: u64, node: NodeId, slot: Slot, value: &Value) {
         match self.chosen.get(&slot) {
             Some(chosen) if chosen == value => {}
-            Some(_) => self.fail(Check::PrefixAgreement, now, format!("{node} applied a value at {slot} that is not the chosen one")),
-            None => self.fail(Check::PrefixAgreement, now, format!("{node} applied a value at {slot}, where nothing is chosen")),
+            Some(_) => self.fail(
+                Check::PrefixAgreement,
+                now,
+                format!("{node} applied a value at {slot} that is not the chosen one"),
+            ),
+            None => self.fail(
+                Check::PrefixAgreement,
+                now,
+                format!("{node} applied a value at {slot}, where nothing is chosen"),
+            ),
         }
     }
 
@@ -197,7 +257,11 @@ impl Oracle {
         self.max_acked_slot = self.max_acked_slot.max(slot);
         match self.chosen.get(&slot) {
             Some(value) if contains(value, id) => {}
-            Some(_) => self.fail(Check::AckedLost, now, format!("entry {id:?} acknowledged at {slot}, which chose another value")),
+            Some(_) => self.fail(
+                Check::AckedLost,
+                now,
+                format!("entry {id:?} acknowledged at {slot}, which chose another value"),
+            ),
             None => {} // judged when the slot is chosen, and at the end of the run
         }
     }
@@ -216,9 +280,14 @@ impl Oracle {
 
     /// At the end of a run: every acknowledged entry must be chosen where it was acknowledged.
     pub fn check_acks_final(&mut self, now: u64) {
-        let missing = self.acked.iter().find(|(id, slot)| !self.chosen.get(slot).is_some_and(|v| contains(v, **id)));
+        let missing = self
+            .acked
+            .iter()
+            .find(|(id, slot)| !self.chosen.get(slot).is_some_and(|v| contains(v, **id)));
         if let Some((id, slot)) = missing {
-            let detail = format!("entry {id:?} was acknowledged at {slot} but is not chosen there by the end");
+            let detail = format!(
+                "entry {id:?} was acknowledged at {slot} but is not chosen there by the end"
+            );
             self.fail(Check::AckedLost, now, detail);
         }
     }

@@ -11,8 +11,8 @@ use crate::app::{encode, Fnv, Register};
 use crate::oracle::{Check, Oracle, Violation};
 use paxos_core::rng::Rng;
 use paxos_core::{
-    Action, Config, DurableState, EntryId, Envelope, Epoch, Incarnation, MembershipChange, Message, NodeId, PlantedBugs,
-    Record, Replica, RoleKind, Settings, SnapshotHandle, Slot,
+    Action, Config, DurableState, EntryId, Envelope, Epoch, Incarnation, MembershipChange, Message,
+    NodeId, PlantedBugs, Record, Replica, RoleKind, Settings, Slot, SnapshotHandle,
 };
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -56,11 +56,13 @@ pub struct Options {
     pub snapshot_every_slots: u64,
     /// Print every event (for replaying a failure by eye).
     pub trace: bool,
+    /// The checks that may report a violation (all, unless a teeth test isolates one).
+    pub checks: Vec<Check>,
 }
 
 impl Options {
     pub fn from_seed(seed: u64, mode: Mode, bugs: PlantedBugs) -> Options {
-        let mut rng = Rng::new(seed ^ 0x5EED_0F_0B1A5);
+        let mut rng = Rng::new(seed ^ 0x05EE_D0F0_B1A5);
         let settings = Settings {
             heartbeat_interval_ticks: 5,
             election_timeout_ticks: 30,
@@ -96,19 +98,43 @@ impl Options {
             submit_interval_ns: MS + rng.below(10 * MS),
             snapshot_every_slots: 20 + rng.below(100),
             trace: false,
+            checks: Check::ALL.to_vec(),
         }
     }
 }
 
 #[derive(Debug)]
 enum Event {
-    Tick { node: usize, generation: u64 },
-    Deliver { to: usize, envelope: Envelope },
-    SyncDone { node: usize, generation: u64 },
-    SnapshotWritten { node: usize, generation: u64, handle: SnapshotHandle, state: Register },
-    SnapshotFetched { node: usize, generation: u64, from: usize, handle: SnapshotHandle },
-    Crash { node: usize },
-    Restart { node: usize },
+    Tick {
+        node: usize,
+        generation: u64,
+    },
+    Deliver {
+        to: usize,
+        envelope: Envelope,
+    },
+    SyncDone {
+        node: usize,
+        generation: u64,
+    },
+    SnapshotWritten {
+        node: usize,
+        generation: u64,
+        handle: SnapshotHandle,
+        state: Register,
+    },
+    SnapshotFetched {
+        node: usize,
+        generation: u64,
+        from: usize,
+        handle: SnapshotHandle,
+    },
+    Crash {
+        node: usize,
+    },
+    Restart {
+        node: usize,
+    },
     Partition,
     Heal,
     Submit,
@@ -242,12 +268,17 @@ impl Sim {
         let config = Config::new(ids.iter().copied());
         let mut nodes = Vec::new();
         for id in &ids {
-            let mut engine = Replica::bootstrap(*id, config.clone(), options.settings.clone(), options.seed);
+            let mut engine =
+                Replica::bootstrap(*id, config.clone(), options.settings.clone(), options.seed);
             engine.plant_bugs(options.bugs);
             let rate_ppm = pick_rate(&mut rng, options.settings.clock_drift_ppm);
             nodes.push(Node::new(*id, engine, rate_ppm));
         }
-        let oracle = Oracle::new(config, options.settings.window_slots);
+        let oracle = Oracle::new(
+            config,
+            options.settings.window_slots,
+            options.checks.clone(),
+        );
         let mut sim = Sim {
             rng,
             now: 0,
@@ -296,7 +327,9 @@ impl Sim {
             if at > end || self.oracle.violation.is_some() {
                 break;
             }
-            let event = self.slab[index].take().expect("scheduled events are in the slab");
+            let event = self.slab[index]
+                .take()
+                .expect("scheduled events are in the slab");
             self.free.push(index);
             self.now = at;
             self.stats.events += 1;
@@ -312,7 +345,11 @@ impl Sim {
         self.stats.trace_hash = self.trace.finish();
         self.stats.chosen = self.oracle.prefix.0;
         self.stats.acked = self.oracle.acked_count() as u64;
-        Outcome { options: self.options, violation: self.oracle.violation, stats: self.stats }
+        Outcome {
+            options: self.options,
+            violation: self.oracle.violation,
+            stats: self.stats,
+        }
     }
 
     fn finish(&mut self, end: u64) {
@@ -361,18 +398,34 @@ impl Sim {
                     "{}:{:?}/{}/chosen {}/inc {}/promised {}/sees {:?}",
                     node.id,
                     e.role_kind(),
-                    if e.is_rebuilding() { "rebuilding" } else { "voting" },
+                    if e.is_rebuilding() {
+                        "rebuilding"
+                    } else {
+                        "voting"
+                    },
                     e.chosen_through(),
                     e.incarnation().0,
                     e.promised(),
-                    e.membership().entries.iter().map(|(s, c)| (s.0, c.voters.iter().map(|(n, i)| (n.0, i.0)).collect::<Vec<_>>())).collect::<Vec<_>>()
+                    e.membership()
+                        .entries
+                        .iter()
+                        .map(|(s, c)| (
+                            s.0,
+                            c.voters.iter().map(|(n, i)| (n.0, i.0)).collect::<Vec<_>>()
+                        ))
+                        .collect::<Vec<_>>()
                 ),
                 Some(_) => format!("{}:retired", node.id),
                 None => format!("{}:down", node.id),
             };
             out.push(text);
         }
-        format!("{} (oracle prefix {}, config {:?})", out.join(" "), self.oracle.prefix, self.oracle.membership.latest())
+        format!(
+            "{} (oracle prefix {}, config {:?})",
+            out.join(" "),
+            self.oracle.prefix,
+            self.oracle.membership.latest()
+        )
     }
 
     // ----- scheduling -----
@@ -389,7 +442,11 @@ impl Sim {
                 self.slab.len() - 1
             }
         };
-        self.queue.push(Scheduled { at: self.now + after, seq: self.seq, index });
+        self.queue.push(Scheduled {
+            at: self.now + after,
+            seq: self.seq,
+            index,
+        });
     }
 
     fn exp(&mut self, mean: u64) -> u64 {
@@ -399,7 +456,8 @@ impl Sim {
 
     fn schedule_tick(&mut self, node: usize) {
         let n = &self.nodes[node];
-        let interval = (u128::from(self.options.tick_ns) * 1_000_000 / (1_000_000 + n.rate_ppm) as u128) as u64;
+        let interval = (u128::from(self.options.tick_ns) * 1_000_000
+            / (1_000_000 + n.rate_ppm) as u128) as u64;
         let generation = n.generation;
         self.schedule(interval, Event::Tick { node, generation });
     }
@@ -435,12 +493,18 @@ impl Sim {
             Event::Tick { node, generation } => self.on_tick(node, generation),
             Event::Deliver { to, envelope } => self.on_deliver(to, envelope),
             Event::SyncDone { node, generation } => self.on_sync_done(node, generation),
-            Event::SnapshotWritten { node, generation, handle, state } => {
-                self.on_snapshot_written(node, generation, handle, state)
-            }
-            Event::SnapshotFetched { node, generation, from, handle } => {
-                self.on_snapshot_fetched(node, generation, from, handle)
-            }
+            Event::SnapshotWritten {
+                node,
+                generation,
+                handle,
+                state,
+            } => self.on_snapshot_written(node, generation, handle, state),
+            Event::SnapshotFetched {
+                node,
+                generation,
+                from,
+                handle,
+            } => self.on_snapshot_fetched(node, generation, from, handle),
             Event::Crash { node } => self.on_crash(node),
             Event::Restart { node } => self.on_restart(node),
             Event::Partition => self.on_partition(),
@@ -456,7 +520,9 @@ impl Sim {
         if self.nodes[node].generation != generation || self.nodes[node].retired {
             return;
         }
-        let Some(engine) = self.nodes[node].engine.as_mut() else { return };
+        let Some(engine) = self.nodes[node].engine.as_mut() else {
+            return;
+        };
         engine.handle_tick();
         self.drain(node);
         self.schedule_tick(node);
@@ -467,7 +533,9 @@ impl Sim {
         if node.retired {
             return;
         }
-        let Some(engine) = node.engine.as_mut() else { return };
+        let Some(engine) = node.engine.as_mut() else {
+            return;
+        };
         self.stats.deliveries += 1;
         engine.handle_message(envelope);
         self.drain(to);
@@ -476,11 +544,17 @@ impl Sim {
     /// Executes everything the engine asked for, in order.
     fn drain(&mut self, node: usize) {
         loop {
-            let Some(engine) = self.nodes[node].engine.as_mut() else { return };
-            let Some(action) = engine.poll_action() else { break };
+            let Some(engine) = self.nodes[node].engine.as_mut() else {
+                return;
+            };
+            let Some(action) = engine.poll_action() else {
+                break;
+            };
             self.execute(node, action);
         }
-        let Some(engine) = self.nodes[node].engine.as_ref() else { return };
+        let Some(engine) = self.nodes[node].engine.as_ref() else {
+            return;
+        };
         engine.check_invariants();
         let (rebuilding, holds_lease) = (engine.is_rebuilding(), engine.holds_lease());
         if !rebuilding {
@@ -507,7 +581,11 @@ impl Sim {
             }
             Action::RoleChanged { role, epoch } => {
                 if self.options.trace {
-                    println!("{:.6} {} becomes {role:?} {epoch:?}", self.now as f64 / 1e9, self.nodes[node].id);
+                    println!(
+                        "{:.6} {} becomes {role:?} {epoch:?}",
+                        self.now as f64 / 1e9,
+                        self.nodes[node].id
+                    );
                 }
                 self.nodes[node].tenure = match (role, epoch) {
                     (RoleKind::Master, Some(epoch)) => Some((epoch, self.now)),
@@ -527,7 +605,11 @@ impl Sim {
     fn persist(&mut self, node: usize, records: Vec<Record>, messages: Vec<paxos_core::Outgoing>) {
         let n = &mut self.nodes[node];
         let incarnation = n.engine.as_ref().expect("alive").incarnation();
-        n.disk.pending.push_back(PendingSync { records, messages, incarnation });
+        n.disk.pending.push_back(PendingSync {
+            records,
+            messages,
+            incarnation,
+        });
         if n.disk.syncing == 0 {
             self.start_sync(node);
         }
@@ -548,7 +630,11 @@ impl Sim {
         }
         let count = self.nodes[node].disk.syncing;
         for _ in 0..count {
-            let batch = self.nodes[node].disk.pending.pop_front().expect("syncing batches are queued");
+            let batch = self.nodes[node]
+                .disk
+                .pending
+                .pop_front()
+                .expect("syncing batches are queued");
             self.make_durable(node, batch.incarnation, &batch.records);
             self.nodes[node].disk.durable.extend(batch.records);
             for outgoing in batch.messages {
@@ -565,8 +651,18 @@ impl Sim {
         let id = self.nodes[node].id;
         for record in records {
             match record {
-                Record::Accepted { slot, ballot, value } => {
-                    self.oracle.on_durable_accept(self.now, (id, incarnation), *slot, *ballot, value);
+                Record::Accepted {
+                    slot,
+                    ballot,
+                    value,
+                } => {
+                    self.oracle.on_durable_accept(
+                        self.now,
+                        (id, incarnation),
+                        *slot,
+                        *ballot,
+                        value,
+                    );
                 }
                 // Older snapshot files and log records go once a newer snapshot is recorded durably
                 // (as real storage does).
@@ -582,22 +678,40 @@ impl Sim {
 
     fn transmit(&mut self, from: usize, outgoing: paxos_core::Outgoing) {
         self.check_rebuild_vote(from, &outgoing.envelope);
-        let Some(to) = self.index_of(outgoing.to) else { return };
+        let Some(to) = self.index_of(outgoing.to) else {
+            return;
+        };
         if to == from {
-            self.schedule(0, Event::Deliver { to, envelope: outgoing.envelope });
+            self.schedule(
+                0,
+                Event::Deliver {
+                    to,
+                    envelope: outgoing.envelope,
+                },
+            );
             return;
         }
         if self.faults_on && (self.blocked[from][to] || self.rng.chance(self.options.drop_ppm)) {
             return;
         }
-        let copies = if self.faults_on && self.rng.chance(self.options.duplicate_ppm) { 2 } else { 1 };
+        let copies = if self.faults_on && self.rng.chance(self.options.duplicate_ppm) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let span = self.options.delay_max_ns - self.options.delay_min_ns;
             let mut delay = self.options.delay_min_ns + self.rng.below(span);
             if self.faults_on && self.rng.chance(self.options.long_delay_ppm) {
                 delay += self.rng.below(self.options.long_delay_max_ns);
             }
-            self.schedule(delay, Event::Deliver { to, envelope: outgoing.envelope.clone() });
+            self.schedule(
+                delay,
+                Event::Deliver {
+                    to,
+                    envelope: outgoing.envelope.clone(),
+                },
+            );
         }
     }
 
@@ -611,7 +725,10 @@ impl Sim {
             return;
         }
         let node = &self.nodes[from];
-        if node.lost_incarnation.is_some_and(|lost| envelope.incarnation <= lost) {
+        if node
+            .lost_incarnation
+            .is_some_and(|lost| envelope.incarnation <= lost)
+        {
             let detail = format!(
                 "{} lost incarnation {:?} but sent {:?} as incarnation {}",
                 node.id,
@@ -634,7 +751,10 @@ impl Sim {
         }
         let applied = n.app.apply(slot, &value);
         if let Some(digest) = applied.digest {
-            n.engine.as_mut().expect("alive").handle_digest(slot, digest);
+            n.engine
+                .as_mut()
+                .expect("alive")
+                .handle_digest(slot, digest);
         }
     }
 
@@ -643,8 +763,12 @@ impl Sim {
     fn maybe_snapshot(&mut self, node: usize) {
         let every = self.options.snapshot_every_slots;
         let n = &mut self.nodes[node];
-        let Some(engine) = n.engine.as_ref() else { return };
-        if n.app.applied != engine.chosen_through() || n.app.applied.0 < n.last_snapshot_slot.0 + every {
+        let Some(engine) = n.engine.as_ref() else {
+            return;
+        };
+        if n.app.applied != engine.chosen_through()
+            || n.app.applied.0 < n.last_snapshot_slot.0 + every
+        {
             return;
         }
         n.last_snapshot_slot = n.app.applied;
@@ -652,42 +776,89 @@ impl Sim {
         let state = n.app.clone();
         let generation = n.generation;
         let delay = MS + self.rng.below(20 * MS);
-        self.schedule(delay, Event::SnapshotWritten { node, generation, handle, state });
+        self.schedule(
+            delay,
+            Event::SnapshotWritten {
+                node,
+                generation,
+                handle,
+                state,
+            },
+        );
     }
 
-    fn on_snapshot_written(&mut self, node: usize, generation: u64, handle: SnapshotHandle, state: Register) {
+    fn on_snapshot_written(
+        &mut self,
+        node: usize,
+        generation: u64,
+        handle: SnapshotHandle,
+        state: Register,
+    ) {
         let n = &mut self.nodes[node];
         if n.generation != generation {
             return;
         }
-        assert_eq!(state.applied, handle.slot, "snapshot state and handle disagree");
+        assert_eq!(
+            state.applied, handle.slot,
+            "snapshot state and handle disagree"
+        );
         n.disk.snapshots.insert(handle.slot, state);
-        n.engine.as_mut().expect("alive").handle_snapshot_done(handle);
+        n.engine
+            .as_mut()
+            .expect("alive")
+            .handle_snapshot_done(handle);
         self.drain(node);
     }
 
     fn fetch_snapshot(&mut self, node: usize, from: NodeId, handle: SnapshotHandle) {
         let generation = self.nodes[node].generation;
-        let Some(from) = self.index_of(from) else { return };
+        let Some(from) = self.index_of(from) else {
+            return;
+        };
         let delay = 5 * MS + self.rng.below(50 * MS);
-        self.schedule(delay, Event::SnapshotFetched { node, generation, from, handle });
+        self.schedule(
+            delay,
+            Event::SnapshotFetched {
+                node,
+                generation,
+                from,
+                handle,
+            },
+        );
     }
 
-    fn on_snapshot_fetched(&mut self, node: usize, generation: u64, from: usize, handle: SnapshotHandle) {
+    fn on_snapshot_fetched(
+        &mut self,
+        node: usize,
+        generation: u64,
+        from: usize,
+        handle: SnapshotHandle,
+    ) {
         if self.nodes[node].generation != generation || self.nodes[node].engine.is_none() {
             return;
         }
         let cut = self.faults_on && (self.blocked[from][node] || self.blocked[node][from]);
         let source = &self.nodes[from];
         let file = source.disk.snapshots.get(&handle.slot).cloned();
-        let wanted = self.nodes[node].engine.as_ref().expect("alive").wants_snapshot(handle.slot);
+        let wanted = self.nodes[node]
+            .engine
+            .as_ref()
+            .expect("alive")
+            .wants_snapshot(handle.slot);
         let (Some(state), false, true) = (file, cut || source.engine.is_none(), wanted) else {
-            self.nodes[node].engine.as_mut().expect("alive").handle_snapshot_fetch_failed();
+            self.nodes[node]
+                .engine
+                .as_mut()
+                .expect("alive")
+                .handle_snapshot_fetch_failed();
             self.drain(node);
             return;
         };
         if Some(state.chain) != self.oracle.chain_at(handle.slot) {
-            let detail = format!("{} shipped a snapshot at {} whose history differs from the chosen one", source.id, handle.slot);
+            let detail = format!(
+                "{} shipped a snapshot at {} whose history differs from the chosen one",
+                source.id, handle.slot
+            );
             self.oracle.fail(Check::PrefixAgreement, self.now, detail);
             return;
         }
@@ -696,7 +867,10 @@ impl Sim {
         n.app = state.clone();
         n.last_snapshot_slot = handle.slot;
         n.disk.snapshots.insert(handle.slot, state);
-        n.engine.as_mut().expect("alive").handle_snapshot_installed(handle);
+        n.engine
+            .as_mut()
+            .expect("alive")
+            .handle_snapshot_installed(handle);
         self.drain(node);
     }
 
@@ -705,7 +879,9 @@ impl Sim {
         let tenure = self.nodes[node].tenure;
         let submitted = self.submits.get(&id).copied();
         let continuous = match (tenure, submitted) {
-            (Some((epoch, since)), Some((at_node, at))) => epoch == id.epoch && at_node == node && since <= at,
+            (Some((epoch, since)), Some((at_node, at))) => {
+                epoch == id.epoch && at_node == node && since <= at
+            }
             (Some((epoch, _)), None) => epoch == id.epoch, // the engine's own entries
             _ => false,
         };
@@ -744,21 +920,33 @@ impl Sim {
         let next = interval / 2 + self.rng.below(interval);
         self.schedule(next, Event::Submit);
         // Clients go to a replica that believes it is master (stale ones included), sometimes anywhere.
-        let masters: Vec<usize> =
-            (0..self.nodes.len()).filter(|i| self.nodes[*i].engine.as_ref().is_some_and(|e| e.epoch().is_some())).collect();
+        let masters: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| {
+                self.nodes[*i]
+                    .engine
+                    .as_ref()
+                    .is_some_and(|e| e.epoch().is_some())
+            })
+            .collect();
         let target = if !masters.is_empty() && self.rng.chance(900_000) {
             Some(masters[self.rng.below(masters.len() as u64) as usize])
         } else {
             Some(self.rng.below(self.nodes.len() as u64) as usize)
         };
         let Some(node) = target else { return };
-        if self.liveness.as_ref().is_some_and(|l| l.probe_slot.is_some()) {
+        if self
+            .liveness
+            .as_ref()
+            .is_some_and(|l| l.probe_slot.is_some())
+        {
             return;
         }
         let value = self.next_value;
         self.next_value += 1;
         let n = &mut self.nodes[node];
-        let Some(engine) = n.engine.as_mut().filter(|_| !n.retired) else { return };
+        let Some(engine) = n.engine.as_mut().filter(|_| !n.retired) else {
+            return;
+        };
         if let Ok(id) = engine.propose(encode(value)) {
             self.submits.insert(id, (node, self.now));
             if let Some(liveness) = &mut self.liveness {
@@ -782,7 +970,11 @@ impl Sim {
             self.stats.lease_reads += 1;
             let (id, applied) = (node.id, node.app.applied);
             if self.options.trace && !engine.holds_lease() {
-                println!("{:.6} {id} reads at {applied} WITHOUT a lease (acked through {})", self.now as f64 / 1e9, self.oracle.max_acked_slot);
+                println!(
+                    "{:.6} {id} reads at {applied} WITHOUT a lease (acked through {})",
+                    self.now as f64 / 1e9,
+                    self.oracle.max_acked_slot
+                );
             }
             self.oracle.on_lease_read(self.now, id, applied);
         }
@@ -796,7 +988,9 @@ impl Sim {
         }
         let next = self.exp(self.options.crash_mean_interval_ns);
         self.schedule(next, Event::Crash { node: usize::MAX });
-        let alive: Vec<usize> = (0..self.nodes.len()).filter(|i| self.nodes[*i].engine.is_some() && !self.nodes[*i].retired).collect();
+        let alive: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].engine.is_some() && !self.nodes[*i].retired)
+            .collect();
         if alive.len() <= 1 {
             return;
         }
@@ -810,7 +1004,11 @@ impl Sim {
     fn crash(&mut self, node: usize) {
         self.stats.crashes += 1;
         if self.options.trace {
-            println!("{:.6} {} crashes", self.now as f64 / 1e9, self.nodes[node].id);
+            println!(
+                "{:.6} {} crashes",
+                self.now as f64 / 1e9,
+                self.nodes[node].id
+            );
         }
         let n = &mut self.nodes[node];
         n.engine = None;
@@ -818,8 +1016,10 @@ impl Sim {
         n.tenure = None;
         let pending: Vec<PendingSync> = n.disk.pending.drain(..).collect();
         n.disk.syncing = 0;
-        let records: Vec<(Incarnation, Record)> =
-            pending.into_iter().flat_map(|b| b.records.into_iter().map(move |r| (b.incarnation, r))).collect();
+        let records: Vec<(Incarnation, Record)> = pending
+            .into_iter()
+            .flat_map(|b| b.records.into_iter().map(move |r| (b.incarnation, r)))
+            .collect();
         let survive = self.rng.below(records.len() as u64 + 1) as usize;
         for (incarnation, record) in records.into_iter().take(survive) {
             self.make_durable(node, incarnation, std::slice::from_ref(&record));
@@ -833,8 +1033,17 @@ impl Sim {
         }
         if self.faults_on && self.rng.chance(self.options.wipe_ppm) && self.wipe_allowed(node) {
             if self.options.trace {
-                let lost: Vec<usize> = self.configs_in_play().iter().map(|c| self.lost_voters(c)).collect();
-                println!("{:.6} wiping {}: configs in play {:?}, lost {lost:?}", self.now as f64 / 1e9, self.nodes[node].id, self.configs_in_play());
+                let lost: Vec<usize> = self
+                    .configs_in_play()
+                    .iter()
+                    .map(|c| self.lost_voters(c))
+                    .collect();
+                println!(
+                    "{:.6} wiping {}: configs in play {:?}, lost {lost:?}",
+                    self.now as f64 / 1e9,
+                    self.nodes[node].id,
+                    self.configs_in_play()
+                );
             }
             self.restart_wiped(node);
             return;
@@ -846,7 +1055,11 @@ impl Sim {
             Err(error) => {
                 // Nothing usable on disk (e.g. it crashed before its first sync): rebuild.
                 if self.options.trace {
-                    println!("{:.6} {} cannot recover: {error}", self.now as f64 / 1e9, self.nodes[node].id);
+                    println!(
+                        "{:.6} {} cannot recover: {error}",
+                        self.now as f64 / 1e9,
+                        self.nodes[node].id
+                    );
                 }
                 return self.restart_wiped(node);
             }
@@ -854,7 +1067,10 @@ impl Sim {
         n.app = match n.disk.snapshots.get(&state.snapshot.slot) {
             Some(snapshot) => snapshot.clone(),
             None if state.snapshot.slot == Slot::ZERO => Register::default(),
-            None => panic!("{} has a snapshot record at {} without its file", n.id, state.snapshot.slot),
+            None => panic!(
+                "{} has a snapshot record at {} without its file",
+                n.id, state.snapshot.slot
+            ),
         };
         n.last_snapshot_slot = state.snapshot.slot;
         n.rate_ppm = pick_rate(&mut self.rng, self.options.settings.clock_drift_ppm);
@@ -888,12 +1104,22 @@ impl Sim {
             .nodes
             .iter()
             .filter(|n| !n.retired)
-            .filter_map(|n| n.engine.as_ref().filter(|e| !e.is_rebuilding()).map(Replica::chosen_through))
+            .filter_map(|n| {
+                n.engine
+                    .as_ref()
+                    .filter(|e| !e.is_rebuilding())
+                    .map(Replica::chosen_through)
+            })
             .min()
             .unwrap_or(Slot::ZERO);
         let from = self.oracle.prefix.min(learned).next();
         let to = from.plus(self.options.settings.window_slots);
-        let mut configs: Vec<Config> = self.oracle.membership.configs_between(from, to).cloned().collect();
+        let mut configs: Vec<Config> = self
+            .oracle
+            .membership
+            .configs_between(from, to)
+            .cloned()
+            .collect();
         configs.push(self.oracle.membership.latest().clone());
         configs
     }
@@ -920,7 +1146,11 @@ impl Sim {
     fn restart_wiped(&mut self, node: usize) {
         self.stats.wipes += 1;
         if self.options.trace {
-            println!("{:.6} {} restarts with its state lost", self.now as f64 / 1e9, self.nodes[node].id);
+            println!(
+                "{:.6} {} restarts with its state lost",
+                self.now as f64 / 1e9,
+                self.nodes[node].id
+            );
         }
         let peers = self.peer_ids();
         let n = &mut self.nodes[node];
@@ -941,7 +1171,11 @@ impl Sim {
     }
 
     fn peer_ids(&self) -> Vec<NodeId> {
-        self.nodes.iter().filter(|n| !n.retired).map(|n| n.id).collect()
+        self.nodes
+            .iter()
+            .filter(|n| !n.retired)
+            .map(|n| n.id)
+            .collect()
     }
 
     fn on_partition(&mut self) {
@@ -985,7 +1219,9 @@ impl Sim {
             kind => {
                 // The master cut off (both ways, or unable to hear), for about one lease: the window
                 // where a stale master, a new one and leases meet.
-                let Some(master) = self.master_index() else { return };
+                let Some(master) = self.master_index() else {
+                    return;
+                };
                 if kind == 3 {
                     self.cut_one_way(master, true);
                 }
@@ -994,7 +1230,15 @@ impl Sim {
             }
         }
         if self.options.trace {
-            println!("{:.6} partition for {:.3}s: {:?}", self.now as f64 / 1e9, duration as f64 / 1e9, &self.blocked[..count].iter().map(|r| r[..count].to_vec()).collect::<Vec<_>>());
+            println!(
+                "{:.6} partition for {:.3}s: {:?}",
+                self.now as f64 / 1e9,
+                duration as f64 / 1e9,
+                &self.blocked[..count]
+                    .iter()
+                    .map(|r| r[..count].to_vec())
+                    .collect::<Vec<_>>()
+            );
         }
         self.schedule(duration, Event::Heal);
     }
@@ -1025,20 +1269,36 @@ impl Sim {
         }
         let next = self.exp(self.options.membership_mean_interval_ns);
         self.schedule(next, Event::Membership);
-        let Some(master) = self.master_index() else { return };
+        let Some(master) = self.master_index() else {
+            return;
+        };
         let config = self.oracle.membership.latest().clone();
         // An operator promotes a learner that joined and is healthy (not one that lost its state since).
-        let joined_learner =
-            config.learners.iter().find(|(n, inc)| inc.0 > 0 && !self.impaired(**n, **inc)).map(|(n, _)| *n);
+        let joined_learner = config
+            .learners
+            .iter()
+            .find(|(n, inc)| inc.0 > 0 && !self.impaired(**n, **inc))
+            .map(|(n, _)| *n);
         let change = if let Some(learner) = joined_learner {
             MembershipChange::Promote(learner)
-        } else if config.voters.len() < 5 && self.nodes.len() < 12 && config.learners.is_empty() && self.rng.chance(600_000) {
+        } else if config.voters.len() < 5
+            && self.nodes.len() < 12
+            && config.learners.is_empty()
+            && self.rng.chance(600_000)
+        {
             MembershipChange::AddLearner(NodeId(self.nodes.len() as u64 + 1))
         } else if config.voters.len() > 3 {
             let voters: Vec<NodeId> = config.voters.keys().copied().collect();
             let victim = voters[self.rng.below(voters.len() as u64) as usize];
-            let smaller = config.apply(&MembershipChange::Remove(victim)).expect("a voter can be removed");
-            let lost = self.configs_in_play().iter().map(|c| self.lost_voters(c)).max().unwrap_or(0);
+            let smaller = config
+                .apply(&MembershipChange::Remove(victim))
+                .expect("a voter can be removed");
+            let lost = self
+                .configs_in_play()
+                .iter()
+                .map(|c| self.lost_voters(c))
+                .max()
+                .unwrap_or(0);
             if lost > smaller.voters.len() - smaller.quorum() {
                 return; // removing a healthy voter would leave too few that remember
             }
@@ -1078,15 +1338,30 @@ impl Sim {
                 self.on_restart(node);
             }
         }
-        self.liveness = Some(Liveness { deadline: self.now + self.options.liveness_bound_ns, probe: None, probe_slot: None });
+        self.liveness = Some(Liveness {
+            deadline: self.now + self.options.liveness_bound_ns,
+            probe: None,
+            probe_slot: None,
+        });
     }
 
     fn liveness_done(&self) -> bool {
-        let Some(Liveness { probe_slot: Some(slot), .. }) = &self.liveness else { return false };
+        let Some(Liveness {
+            probe_slot: Some(slot),
+            ..
+        }) = &self.liveness
+        else {
+            return false;
+        };
         let config = self.oracle.membership.latest();
-        self.nodes.iter().filter(|n| config.contains(n.id)).all(|n| {
-            n.engine.as_ref().is_some_and(|e| !e.is_rebuilding() && e.chosen_through() >= *slot)
-        })
+        self.nodes
+            .iter()
+            .filter(|n| config.contains(n.id))
+            .all(|n| {
+                n.engine
+                    .as_ref()
+                    .is_some_and(|e| !e.is_rebuilding() && e.chosen_through() >= *slot)
+            })
     }
 
     // ----- checks after every step -----
@@ -1121,8 +1396,19 @@ impl Sim {
         let caught_up = self
             .nodes
             .iter()
-            .filter(|n| config.is_voter(n.id, n.engine.as_ref().map_or(Incarnation(0), Replica::incarnation)))
-            .filter(|n| n.engine.as_ref().is_some_and(|e| !e.is_rebuilding() && e.chosen_through().next() >= *start))
+            .filter(|n| {
+                config.is_voter(
+                    n.id,
+                    n.engine
+                        .as_ref()
+                        .map_or(Incarnation(0), Replica::incarnation),
+                )
+            })
+            .filter(|n| {
+                n.engine
+                    .as_ref()
+                    .is_some_and(|e| !e.is_rebuilding() && e.chosen_through().next() >= *start)
+            })
             .count();
         let settled = caught_up >= config.quorum();
         for node in &mut self.nodes {
@@ -1160,7 +1446,9 @@ impl Node {
 /// Drops records a snapshot at `through` made useless, keeping what recovery folds the same way:
 /// the identity record first, the last promise, and everything after the snapshot.
 fn compact(records: &mut Vec<Record>, through: Slot) {
-    let last_promise = records.iter().rposition(|r| matches!(r, Record::Promised(_)));
+    let last_promise = records
+        .iter()
+        .rposition(|r| matches!(r, Record::Promised(_)));
     let mut index = 0;
     records.retain(|record| {
         index += 1;

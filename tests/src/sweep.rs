@@ -43,7 +43,14 @@ pub struct Summary {
 }
 
 /// Runs seeds `start..start + count` on `jobs` threads; `on_done` is called after each seed.
-pub fn sweep(start: u64, count: u64, modes: Modes, bugs: PlantedBugs, jobs: usize, on_done: impl Fn() + Sync) -> Summary {
+pub fn sweep(
+    start: u64,
+    count: u64,
+    modes: Modes,
+    bugs: PlantedBugs,
+    jobs: usize,
+    on_done: impl Fn() + Sync,
+) -> Summary {
     let next = AtomicU64::new(start);
     let summary = Arc::new(Mutex::new(Summary::default()));
     // Panics are reported as violations with their seed; the default hook would only add noise.
@@ -58,13 +65,21 @@ pub fn sweep(start: u64, count: u64, modes: Modes, bugs: PlantedBugs, jobs: usiz
                 }
                 let mode = mode_for(seed, modes);
                 let outcome = run_catching_panics(Options::from_seed(seed, mode, bugs));
-                add(&mut summary.lock().expect("no thread panics holding it"), seed, mode, outcome);
+                add(
+                    &mut summary.lock().expect("no thread panics holding it"),
+                    seed,
+                    mode,
+                    outcome,
+                );
                 on_done();
             });
         }
     });
     std::panic::set_hook(hook);
-    Arc::try_unwrap(summary).expect("threads joined").into_inner().expect("not poisoned")
+    Arc::try_unwrap(summary)
+        .expect("threads joined")
+        .into_inner()
+        .expect("not poisoned")
 }
 
 /// Runs one seed; a panic (a failed engine invariant) becomes a violation of its own.
@@ -78,8 +93,16 @@ pub fn run_catching_panics(options: Options) -> Outcome {
                 .cloned()
                 .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "panic".to_string());
-            let violation = Violation { check: Check::Panic, at_ns: 0, detail };
-            Outcome { options: kept, violation: Some(violation), stats: Default::default() }
+            let violation = Violation {
+                check: Check::Panic,
+                at_ns: 0,
+                detail,
+            };
+            Outcome {
+                options: kept,
+                violation: Some(violation),
+                stats: Default::default(),
+            }
         }
     }
 }

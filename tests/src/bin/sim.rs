@@ -50,18 +50,34 @@ enum ModeArg {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let bugs = args.bug.as_deref().map(|b| bug_by_name(b).expect("validated by clap")).unwrap_or_default();
+    let bugs = args
+        .bug
+        .as_deref()
+        .map(|b| bug_by_name(b).expect("validated by clap"))
+        .unwrap_or_default();
     let modes = match args.mode {
         ModeArg::Safety => Modes::Safety,
         ModeArg::Liveness => Modes::Liveness,
         ModeArg::Both => Modes::Both,
     };
     if let Some(seed) = args.seed {
-        return run_one(seed, mode_for(seed, modes), bugs, args.bug.as_deref(), args.json, args.trace);
+        return run_one(
+            seed,
+            mode_for(seed, modes),
+            bugs,
+            args.bug.as_deref(),
+            args.json,
+            args.trace,
+        );
     }
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let bar = ProgressBar::new(args.seeds);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {elapsed} (eta {eta})").expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {elapsed} (eta {eta})")
+            .expect("valid template"),
+    );
     if args.json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
@@ -101,13 +117,23 @@ fn main() -> ExitCode {
         None => ExitCode::SUCCESS,
         Some((seed, mode, violation)) => {
             eprintln!("FAILED seed {seed}: {violation}");
-            eprintln!("replay: {}", replay_command(seed, mode, args.bug.as_deref()));
+            eprintln!(
+                "replay: {}",
+                replay_command(seed, mode, args.bug.as_deref())
+            );
             ExitCode::FAILURE
         }
     }
 }
 
-fn run_one(seed: u64, mode: Mode, bugs: paxos_core::PlantedBugs, bug: Option<&str>, json: bool, trace: bool) -> ExitCode {
+fn run_one(
+    seed: u64,
+    mode: Mode,
+    bugs: paxos_core::PlantedBugs,
+    bug: Option<&str>,
+    json: bool,
+    trace: bool,
+) -> ExitCode {
     let mut options = Options::from_seed(seed, mode, bugs);
     options.trace = trace;
     if !json {
@@ -124,7 +150,12 @@ fn run_one(seed: u64, mode: Mode, bugs: paxos_core::PlantedBugs, bug: Option<&st
         );
     } else {
         println!("{s:#?}");
-        println!("trace hash {:016x}, {:.3} s, {:.0} deliveries/s", s.trace_hash, seconds, s.deliveries as f64 / seconds);
+        println!(
+            "trace hash {:016x}, {:.3} s, {:.0} deliveries/s",
+            s.trace_hash,
+            seconds,
+            s.deliveries as f64 / seconds
+        );
     }
     match outcome.violation {
         None => ExitCode::SUCCESS,
