@@ -1,0 +1,513 @@
+//! Protocol tests on a small in-process cluster with a perfect disk and a network the test controls.
+//! Each test names the Paxos Made Live section it checks. The seeded fault simulator (the `tests`
+//! crate) covers the same ground under random faults.
+
+use paxos_core::{
+    Action, Ballot, Config, EntryKind, Envelope, Message, NodeId, ProposeError, Replica, RoleKind,
+    Settings, Slot, Value,
+};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+fn settings() -> Settings {
+    Settings {
+        election_jitter_ticks: 0,
+        digest_interval_ticks: 0,
+        ..Settings::default()
+    }
+}
+
+struct Cluster {
+    nodes: BTreeMap<NodeId, Replica>,
+    applied: BTreeMap<NodeId, Vec<(Slot, Value)>>,
+    network: VecDeque<(NodeId, Envelope)>,
+    /// Links (from, to) that drop everything.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// Every message that left a replica, and whether it left inside a `Persist` action.
+    sent: Vec<(NodeId, Message, bool)>,
+    committed: Vec<(NodeId, paxos_core::EntryId, Slot)>,
+    failed: Vec<(NodeId, ProposeError)>,
+    fetches: Vec<(NodeId, paxos_core::SnapshotHandle)>,
+}
+
+impl Cluster {
+    fn new(size: u64) -> Cluster {
+        let ids: Vec<NodeId> = (1..=size).map(NodeId).collect();
+        let config = Config::new(ids.iter().copied());
+        let mut cluster = Cluster {
+            nodes: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            network: VecDeque::new(),
+            cut: BTreeSet::new(),
+            sent: Vec::new(),
+            committed: Vec::new(),
+            failed: Vec::new(),
+            fetches: Vec::new(),
+        };
+        for (i, id) in ids.iter().enumerate() {
+            // Different election timeouts so the test knows who campaigns first.
+            let s = Settings {
+                election_timeout_ticks: 100 + 40 * i as u64,
+                ..settings()
+            };
+            cluster
+                .nodes
+                .insert(*id, Replica::bootstrap(*id, config.clone(), s, 7));
+        }
+        cluster.pump();
+        cluster
+    }
+
+    fn isolate(&mut self, node: NodeId) {
+        for other in self.nodes.keys().copied().collect::<Vec<_>>() {
+            if other != node {
+                self.cut.insert((node, other));
+                self.cut.insert((other, node));
+            }
+        }
+    }
+
+    fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Executes every action and delivers every message until nothing moves.
+    fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            for id in ids {
+                while let Some(action) = self.nodes.get_mut(&id).and_then(Replica::poll_action) {
+                    moved = true;
+                    self.execute(id, action);
+                }
+            }
+            while let Some((to, envelope)) = self.network.pop_front() {
+                moved = true;
+                if self.cut.contains(&(envelope.from, to)) {
+                    continue;
+                }
+                if let Some(node) = self.nodes.get_mut(&to) {
+                    node.handle_message(envelope);
+                    node.check_invariants();
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn execute(&mut self, id: NodeId, action: Action) {
+        match action {
+            Action::Persist { messages, .. } => {
+                for m in messages {
+                    self.sent.push((id, m.envelope.message.clone(), true));
+                    self.network.push_back((m.to, m.envelope));
+                }
+            }
+            Action::Send(m) => {
+                self.sent.push((id, m.envelope.message.clone(), false));
+                self.network.push_back((m.to, m.envelope));
+            }
+            Action::Apply { slot, value } => {
+                self.applied.entry(id).or_default().push((slot, value))
+            }
+            Action::Committed { id: entry, slot } => self.committed.push((id, entry, slot)),
+            Action::Failed { error, .. } => self.failed.push((id, error)),
+            Action::FetchSnapshot { handle, .. } => self.fetches.push((id, handle)),
+            _ => {}
+        }
+    }
+
+    fn tick(&mut self, ticks: u64) {
+        for _ in 0..ticks {
+            for node in self.nodes.values_mut() {
+                node.handle_tick();
+            }
+            self.pump();
+        }
+    }
+
+    fn master(&self) -> Option<NodeId> {
+        self.nodes
+            .values()
+            .find(|n| n.role_kind() == RoleKind::Master)
+            .map(Replica::node)
+    }
+
+    fn app_values(&self, node: NodeId) -> Vec<Vec<u8>> {
+        let applied = self
+            .applied
+            .get(&node)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        applied
+            .iter()
+            .flat_map(|(_, v)| v.entries.iter())
+            .filter_map(|e| match &e.kind {
+                EntryKind::App(data) => Some(data.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn pml_2_a_master_is_elected_and_submits_are_chosen_in_order_everywhere() {
+    let mut cluster = Cluster::new(3);
+    cluster.tick(300);
+    let master = cluster
+        .master()
+        .expect("a master after the election timeout");
+    let node = cluster.nodes.get_mut(&master).expect("exists");
+    for i in 0..50u8 {
+        node.propose(vec![i]).expect("the master takes submits");
+    }
+    cluster.pump();
+    cluster.tick(20);
+    let expected: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i]).collect();
+    for id in [NodeId(1), NodeId(2), NodeId(3)] {
+        assert_eq!(
+            cluster.app_values(id),
+            expected,
+            "{id} applied the submits in order"
+        );
+    }
+    assert_eq!(
+        cluster.committed.len(),
+        50,
+        "every submit acknowledged once"
+    );
+    let follower = if master == NodeId(1) {
+        NodeId(2)
+    } else {
+        NodeId(1)
+    };
+    let refused = cluster
+        .nodes
+        .get_mut(&follower)
+        .expect("exists")
+        .propose(vec![1]);
+    assert_eq!(refused, Err(ProposeError::NotMaster { hint: Some(master) }));
+}
+
+#[test]
+fn pml_2_promises_and_votes_leave_only_after_their_records_are_durable() {
+    let mut cluster = Cluster::new(3);
+    cluster.tick(300);
+    let master = cluster.master().expect("master");
+    cluster
+        .nodes
+        .get_mut(&master)
+        .expect("exists")
+        .propose(vec![9])
+        .expect("submit");
+    cluster.pump();
+    let votes: Vec<_> = cluster
+        .sent
+        .iter()
+        .filter(|(_, m, _)| matches!(m, Message::Promise(_) | Message::Accepted(_)))
+        .collect();
+    assert!(votes.len() >= 4, "promises and votes were sent");
+    assert!(
+        votes.iter().all(|(_, _, persisted)| *persisted),
+        "a promise or vote left without its record"
+    );
+}
+
+#[test]
+fn pml_5_2_a_leased_master_is_not_deposed_by_a_returning_replica_with_a_high_ballot() {
+    let mut cluster = Cluster::new(3);
+    cluster.tick(300);
+    let master = cluster.master().expect("master");
+    let epoch = cluster.nodes[&master].epoch();
+    let follower = cluster
+        .nodes
+        .keys()
+        .copied()
+        .find(|n| *n != master)
+        .expect("a follower");
+    let promised = cluster.nodes[&follower].promised();
+    // A replica that was away tries to take over with a far higher ballot.
+    let intruder = cluster
+        .nodes
+        .keys()
+        .copied()
+        .find(|n| *n != master && *n != follower)
+        .expect("third");
+    let prepare = paxos_core::message::Prepare {
+        ballot: Ballot {
+            round: 1_000,
+            node: intruder,
+        },
+        from: Slot(1),
+        lease_tick: 0,
+    };
+    let envelope = Envelope {
+        from: intruder,
+        incarnation: paxos_core::Incarnation(1),
+        message: Message::Prepare(prepare),
+    };
+    cluster
+        .nodes
+        .get_mut(&follower)
+        .expect("exists")
+        .handle_message(envelope);
+    cluster.pump();
+    assert_eq!(
+        cluster.nodes[&follower].promised(),
+        promised,
+        "a lease holder's acceptor raised its promise"
+    );
+    cluster.tick(500);
+    assert_eq!(
+        cluster.nodes[&master].epoch(),
+        epoch,
+        "the master lost its tenure"
+    );
+    assert!(
+        cluster.nodes[&master].lease_read_ok(),
+        "the master serves lease reads"
+    );
+    assert!(
+        !cluster.nodes[&follower].lease_read_ok(),
+        "a follower never serves lease reads"
+    );
+}
+
+#[test]
+fn pml_5_2_an_isolated_masters_lease_ends_before_another_master_holds_one() {
+    let mut cluster = Cluster::new(3);
+    cluster.tick(300);
+    let old = cluster.master().expect("master");
+    cluster.isolate(old);
+    let mut old_lease_ended = false;
+    for _ in 0..1_000 {
+        cluster.tick(1);
+        old_lease_ended |= !cluster.nodes[&old].holds_lease();
+        let others_with_lease = cluster
+            .nodes
+            .values()
+            .filter(|n| n.node() != old && n.holds_lease())
+            .count();
+        if others_with_lease > 0 {
+            assert!(
+                old_lease_ended,
+                "a new master held a lease while the old one still did"
+            );
+            return;
+        }
+    }
+    panic!("no new master got a lease");
+}
+
+#[test]
+fn pml_5_3_a_submit_fails_with_epoch_changed_when_mastership_is_lost_before_it_is_chosen() {
+    let mut cluster = Cluster::new(3);
+    cluster.tick(300);
+    let old = cluster.master().expect("master");
+    cluster.isolate(old);
+    let epoch = cluster.nodes[&old].epoch().expect("master has an epoch");
+    cluster
+        .nodes
+        .get_mut(&old)
+        .expect("exists")
+        .propose(vec![7])
+        .expect("still believes it is master");
+    cluster.tick(1_000);
+    assert_ne!(
+        cluster.master(),
+        Some(old),
+        "the isolated master stepped down"
+    );
+    assert!(cluster
+        .failed
+        .contains(&(old, ProposeError::EpochChanged { submitted: epoch })));
+    cluster.heal();
+    cluster.tick(500);
+    assert!(
+        cluster.committed.iter().all(|(_, id, _)| id.epoch != epoch),
+        "a submit of the lost epoch was acknowledged"
+    );
+}
+
+#[test]
+fn pml_5_1_a_rebuilt_replica_catches_up_without_voting_then_votes_under_a_new_incarnation() {
+    let mut cluster = Cluster::new(3);
+    cluster.tick(300);
+    let master = cluster.master().expect("master");
+    for i in 0..20u8 {
+        cluster
+            .nodes
+            .get_mut(&master)
+            .expect("exists")
+            .propose(vec![i])
+            .expect("submit");
+    }
+    cluster.tick(10);
+    let lost = cluster
+        .nodes
+        .keys()
+        .copied()
+        .find(|n| *n != master)
+        .expect("a follower");
+    let peers: Vec<NodeId> = cluster.nodes.keys().copied().collect();
+    cluster
+        .nodes
+        .insert(lost, Replica::rebuild(lost, peers, settings(), 9));
+    cluster.applied.remove(&lost);
+    let sent_before = cluster.sent.len();
+    let mut voted_while_rebuilding = false;
+    for _ in 0..600 {
+        let rebuilding = cluster.nodes[&lost].is_rebuilding();
+        let from = cluster.sent.len();
+        cluster.tick(1);
+        let votes = cluster.sent[from..]
+            .iter()
+            .any(|(n, m, _)| *n == lost && matches!(m, Message::Promise(_) | Message::Accepted(_)));
+        voted_while_rebuilding |= rebuilding && votes;
+        if !cluster.nodes[&lost].is_rebuilding() {
+            break;
+        }
+    }
+    assert!(
+        !voted_while_rebuilding,
+        "a rebuilding replica sent a promise or a vote"
+    );
+    assert!(
+        !cluster.nodes[&lost].is_rebuilding(),
+        "the rebuild finished"
+    );
+    assert_eq!(
+        cluster.nodes[&lost].incarnation(),
+        paxos_core::Incarnation(2)
+    );
+    assert!(cluster.nodes[&lost]
+        .config()
+        .is_voter(lost, paxos_core::Incarnation(2)));
+    assert!(cluster.sent.len() > sent_before);
+    cluster
+        .nodes
+        .get_mut(&master)
+        .expect("exists")
+        .propose(vec![99])
+        .expect("submit");
+    cluster.tick(10);
+    assert_eq!(
+        cluster.app_values(lost).last(),
+        Some(&vec![99]),
+        "the rebuilt replica applies new values"
+    );
+    let votes_after = cluster
+        .sent
+        .iter()
+        .any(|(n, m, _)| *n == lost && matches!(m, Message::Accepted(_)));
+    assert!(votes_after, "the rebuilt replica votes again");
+}
+
+#[test]
+fn pml_5_5_a_replica_behind_a_truncated_log_is_told_to_fetch_the_snapshot() {
+    let mut cluster = Cluster::new(3);
+    cluster.tick(300);
+    let master = cluster.master().expect("master");
+    let behind = cluster
+        .nodes
+        .keys()
+        .copied()
+        .find(|n| *n != master)
+        .expect("follower");
+    cluster.isolate(behind);
+    for i in 0..30u8 {
+        cluster
+            .nodes
+            .get_mut(&master)
+            .expect("exists")
+            .propose(vec![i])
+            .expect("submit");
+        cluster.pump();
+    }
+    cluster.tick(5);
+    for node in cluster.nodes.values_mut().filter(|n| n.node() != behind) {
+        let handle = node.snapshot_handle();
+        assert!(handle.slot >= Slot(30));
+        node.handle_snapshot_done(handle);
+    }
+    cluster.pump();
+    cluster.heal();
+    for _ in 0..200 {
+        cluster.tick(1);
+        if !cluster.fetches.is_empty() {
+            break;
+        }
+    }
+    let (fetcher, handle) = cluster
+        .fetches
+        .first()
+        .cloned()
+        .expect("the lagging replica was told to fetch a snapshot");
+    assert_eq!(fetcher, behind);
+    assert!(cluster.nodes[&behind].wants_snapshot(handle.slot));
+    cluster
+        .nodes
+        .get_mut(&behind)
+        .expect("exists")
+        .handle_snapshot_installed(handle.clone());
+    cluster
+        .nodes
+        .get_mut(&master)
+        .expect("exists")
+        .propose(vec![200])
+        .expect("submit");
+    cluster.tick(30);
+    assert!(
+        cluster.nodes[&behind].chosen_through() > handle.slot,
+        "it continued after the snapshot"
+    );
+}
+
+#[test]
+fn pml_6_a_replica_whose_digest_differs_from_the_majority_declares_itself_corrupt() {
+    let mut cluster = Cluster::new(3);
+    cluster.tick(300);
+    let slot = Slot(1);
+    for node in cluster.nodes.values_mut() {
+        let digest = if node.node() == NodeId(3) { 666 } else { 42 };
+        node.handle_digest(slot, digest);
+    }
+    let mut corrupt = Vec::new();
+    for _ in 0..3 {
+        let ids: Vec<NodeId> = cluster.nodes.keys().copied().collect();
+        for id in ids {
+            while let Some(action) = cluster.nodes.get_mut(&id).and_then(Replica::poll_action) {
+                match action {
+                    Action::Corrupt { .. } => corrupt.push(id),
+                    Action::Send(m) => cluster.network.push_back((m.to, m.envelope)),
+                    _ => {}
+                }
+            }
+        }
+        while let Some((to, envelope)) = cluster.network.pop_front() {
+            cluster
+                .nodes
+                .get_mut(&to)
+                .expect("exists")
+                .handle_message(envelope);
+        }
+    }
+    assert_eq!(corrupt, vec![NodeId(3)]);
+    assert!(cluster.nodes[&NodeId(3)].is_corrupt());
+}
+
+#[test]
+fn settings_that_cannot_keep_a_lease_are_refused() {
+    let bad = Settings {
+        lease_ticks: 4,
+        ..Settings::default()
+    };
+    assert!(bad.invalid().is_some());
+    let drift = Settings {
+        clock_drift_ppm: 600_000,
+        ..Settings::default()
+    };
+    assert!(drift.invalid().is_some());
+}
