@@ -129,8 +129,12 @@ impl Replica {
                 continue;
             }
             let config = self.membership.config_at(slot);
-            let promised: BTreeSet<Voter> = master.promises.keys().copied().collect();
-            if config.count_voters(&promised) < config.quorum() {
+            let promised = config
+                .voters
+                .iter()
+                .filter(|(n, i)| master.promises.contains_key(&(**n, **i)))
+                .count();
+            if promised < config.quorum() {
                 self.prepare_missing_voters(slot);
                 return;
             }

@@ -103,6 +103,26 @@ impl Options {
     }
 }
 
+impl Options {
+    /// The simulator's throughput benchmark: five voters and a steady client load over a network
+    /// that delays and reorders but does not fail, so the figure is the cost of the engine, the
+    /// network model and the checkers per message delivered.
+    pub fn benchmark(seed: u64) -> Options {
+        let mut options = Options::from_seed(seed, Mode::Safety, PlantedBugs::default());
+        options.voters = 5;
+        options.drop_ppm = 0;
+        options.duplicate_ppm = 0;
+        options.long_delay_ppm = 0;
+        options.crash_mean_interval_ns = u64::MAX / 8;
+        options.partition_mean_interval_ns = u64::MAX / 8;
+        options.membership_mean_interval_ns = u64::MAX / 8;
+        options.wipe_ppm = 0;
+        options.submit_interval_ns = MS / 2;
+        options.fault_phase_ns = 20 * SECOND;
+        options
+    }
+}
+
 #[derive(Debug)]
 enum Event {
     Tick {

@@ -36,6 +36,10 @@ struct Args {
     /// Print figures as JSON.
     #[arg(long)]
     json: bool,
+    /// Measure the simulator's throughput on one core (a steady five-replica load, no failures)
+    /// over `--seeds` runs, and print simulated message deliveries per second.
+    #[arg(long, conflicts_with_all = ["seed", "bug", "trace"])]
+    bench: bool,
     /// With --seed: print every event as it happens.
     #[arg(long, requires = "seed")]
     trace: bool,
@@ -60,6 +64,9 @@ fn main() -> ExitCode {
         ModeArg::Liveness => Modes::Liveness,
         ModeArg::Both => Modes::Both,
     };
+    if args.bench {
+        return bench(args.start, args.seeds, args.json);
+    }
     if let Some(seed) = args.seed {
         return run_one(
             seed,
@@ -164,5 +171,41 @@ fn run_one(
             eprintln!("replay: {}", replay_command(seed, mode, bug));
             ExitCode::FAILURE
         }
+    }
+}
+
+fn bench(start: u64, seeds: u64, json: bool) -> ExitCode {
+    let bar = ProgressBar::new(seeds);
+    if json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let (mut events, mut deliveries, mut failures) = (0u64, 0u64, 0u64);
+    let started = Instant::now();
+    for seed in start..start + seeds {
+        let outcome = run(Options::benchmark(seed));
+        events += outcome.stats.events;
+        deliveries += outcome.stats.deliveries;
+        failures += u64::from(outcome.violation.is_some());
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    if json {
+        println!(
+            "{{\"seeds\":{seeds},\"failures\":{failures},\"events\":{events},\"deliveries\":{deliveries},\"seconds\":{seconds:.3},\"deliveries_per_second\":{:.0},\"events_per_second\":{:.0}}}",
+            deliveries as f64 / seconds,
+            events as f64 / seconds
+        );
+    } else {
+        println!(
+            "benchmark, one core: {seeds} runs, {deliveries} message deliveries in {seconds:.2} s = {:.0} deliveries/s ({events} events, {:.0}/s), {failures} violations",
+            deliveries as f64 / seconds,
+            events as f64 / seconds
+        );
+    }
+    if failures > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
