@@ -14,29 +14,35 @@ impl Replica {
     /// granted to another master (or one it may have forgotten in a restart) is running. This is what
     /// keeps a replica that comes back from a partition with a high ballot from deposing a master.
     pub(crate) fn would_promise(&self, ballot: Ballot) -> bool {
-        if ballot <= self.promised || self.rebuild.is_some() {
+        if ballot <= self.promised || self.rebuild.is_some() || self.now < self.restart_guard_until
+        {
             return false;
         }
         match self.lease_granted {
-            Some(LeaseGrant { holder, until }) if self.now < until => {
-                holder.is_some_and(|h| h.node == ballot.node)
-            }
+            Some(LeaseGrant { holder, until }) if self.now < until => holder.node == ballot.node,
             _ => true,
         }
     }
 
-    pub(crate) fn grant_lease(&mut self, holder: Ballot) {
+    /// The grant running now, if any.
+    pub(crate) fn running_grant(&self) -> Option<LeaseGrant> {
+        self.lease_granted.filter(|g| self.now < g.until)
+    }
+
+    /// Grants (or renews) a lease to `holder`, unless a grant to a higher ballot is running: a
+    /// delayed request of an older master must never move a grant away from the master counting it.
+    /// During the restart guard nothing is granted: a forgotten grant may be running.
+    #[must_use]
+    pub(crate) fn grant_lease(&mut self, holder: Ballot) -> bool {
+        if self.now < self.restart_guard_until
+            || self.running_grant().is_some_and(|g| g.holder > holder)
+        {
+            return false;
+        }
         // +1: the request arrived somewhere inside the current tick.
         let until = self.now + self.settings.lease_ticks + 1;
-        let keep_old = self
-            .lease_granted
-            .is_some_and(|g| g.until > until && g.holder != Some(holder));
-        if !keep_old {
-            self.lease_granted = Some(LeaseGrant {
-                holder: Some(holder),
-                until,
-            });
-        }
+        self.lease_granted = Some(LeaseGrant { holder, until });
+        true
     }
 
     pub(crate) fn observe_ballot(&mut self, ballot: Ballot) {
@@ -65,7 +71,10 @@ impl Replica {
         if self.now < self.election_due {
             return;
         }
-        if !self.is_voter_now() || self.lease_granted.is_some_and(|g| self.now < g.until) {
+        if !self.is_voter_now()
+            || self.running_grant().is_some()
+            || self.now < self.restart_guard_until
+        {
             self.reset_election_timer();
             return;
         }
@@ -136,6 +145,9 @@ impl Replica {
 
     pub(crate) fn on_prepare(&mut self, from: NodeId, prepare: Prepare) {
         self.observe_ballot(prepare.ballot);
+        // A candidate's chosen prefix ends right before its `from`: worth catching up to. (A node
+        // that does not yet know it became a voter still promises: only the candidate can tell.)
+        self.known_chosen = self.known_chosen.max(prepare.from.prev());
         if self.rebuild.is_some() && !self.bugs().rebuild_votes_at_once {
             return;
         }
@@ -149,13 +161,22 @@ impl Replica {
             self.send(from, Message::Nack(nack));
             return;
         }
-        // A candidate far behind our chosen prefix learns it first instead of receiving a huge promise.
-        if self.chosen_through.0 > prepare.from.0 + self.settings.window_slots {
+        // A candidate far behind our chosen prefix learns it first instead of receiving a huge
+        // promise (and one too long to send is never sent).
+        let too_long = self.log.range(prepare.from..).count() > crate::limits::PROMISE_ENTRIES_MAX;
+        if too_long || self.chosen_through.0 > prepare.from.0 + self.settings.window_slots {
             self.serve_catch_up(from, prepare.from);
             return;
         }
+        if !self.grant_lease(prepare.ballot) {
+            let nack = Nack {
+                rejected: prepare.ballot,
+                promised: self.promised,
+            };
+            self.send(from, Message::Nack(nack));
+            return;
+        }
         self.promised = prepare.ballot;
-        self.grant_lease(prepare.ballot);
         self.heard_master(prepare.ballot);
         let entries = self
             .log
@@ -235,6 +256,9 @@ impl Replica {
 
     pub(crate) fn on_heartbeat(&mut self, from: NodeId, heartbeat: Heartbeat) {
         self.observe_ballot(heartbeat.ballot);
+        // That a prefix is chosen is a fact whoever says it: even a refused master's announcement
+        // tells a lagging replica there is something to catch up on.
+        self.known_chosen = self.known_chosen.max(heartbeat.chosen_through);
         if heartbeat.ballot < self.promised {
             let nack = Nack {
                 rejected: heartbeat.ballot,
@@ -243,9 +267,20 @@ impl Replica {
             self.send(from, Message::Nack(nack));
             return;
         }
+        let votes = self.rebuild.is_none() || self.bugs().rebuild_votes_at_once;
+        let guarded = self.now < self.restart_guard_until;
+        if votes && !guarded && !self.grant_lease(heartbeat.ballot) {
+            // A stale master: the lease this acceptor grants belongs to a newer one.
+            let holder = self.running_grant().map_or(self.promised, |g| g.holder);
+            let nack = Nack {
+                rejected: heartbeat.ballot,
+                promised: holder.max(self.promised),
+            };
+            self.send(from, Message::Nack(nack));
+            return;
+        }
         self.heard_master(heartbeat.ballot);
-        if self.rebuild.is_none() || self.bugs().rebuild_votes_at_once {
-            self.grant_lease(heartbeat.ballot);
+        if votes && !guarded {
             let ack = HeartbeatAck {
                 ballot: heartbeat.ballot,
                 lease_tick: heartbeat.lease_tick,

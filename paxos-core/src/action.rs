@@ -22,10 +22,11 @@ pub enum Action {
     },
     /// A message that depends on no unsaved state.
     Send(Outgoing),
-    /// The value chosen for `slot`. Emitted once per slot, in slot order, with no gaps after the
-    /// snapshot the replica started from.
+    /// The value chosen for `slot`. Emitted once per slot, in slot order. The only gap is a jump
+    /// over slots covered by a snapshot installed with `handle_snapshot_installed`.
     Apply { slot: Slot, value: Value },
-    /// A submit is chosen, applied here, and this replica was master of its epoch throughout.
+    /// A submit is chosen, its `Apply` was emitted just before, and this replica was master of its
+    /// epoch throughout.
     Committed { id: EntryId, slot: Slot },
     /// A submit will not be acknowledged. It may still be chosen later by another master.
     Failed { id: EntryId, error: ProposeError },

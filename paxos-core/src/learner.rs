@@ -10,7 +10,7 @@ use crate::message::{
 };
 use crate::replica::{Rebuild, Replica, Role};
 use crate::types::{
-    Ballot, EntryKind, Incarnation, MembershipChange, NodeId, Slot, SnapshotHandle, Value,
+    Ballot, EntryId, EntryKind, Incarnation, MembershipChange, NodeId, Slot, SnapshotHandle, Value,
 };
 use std::collections::BTreeMap;
 
@@ -63,9 +63,12 @@ impl Replica {
             let value = value.clone();
             self.chosen_through = self.chosen_through.next();
             let slot = self.chosen_through;
-            self.apply_membership(slot, &value);
-            self.acknowledge(slot, &value);
-            self.actions.push_back(Action::Apply { slot, value });
+            let refused = self.apply_membership(slot, &value);
+            self.actions.push_back(Action::Apply {
+                slot,
+                value: value.clone(),
+            });
+            self.acknowledge(slot, &value, &refused);
         }
         self.known_chosen = self.known_chosen.max(self.chosen_through);
         if let Role::Master(master) = &mut self.role {
@@ -76,21 +79,27 @@ impl Replica {
         self.check_rebuild_progress();
     }
 
-    fn apply_membership(&mut self, slot: Slot, value: &Value) {
+    /// Applies the membership changes in a chosen value; returns those that did not apply (each
+    /// replica decides the same, deterministically), with why.
+    fn apply_membership(&mut self, slot: Slot, value: &Value) -> Vec<(EntryId, &'static str)> {
+        let mut refused = Vec::new();
         if !value
             .entries
             .iter()
             .any(|e| matches!(e.kind, EntryKind::Reconfigure(_)))
         {
-            return;
+            return refused;
         }
         let mut config = self.membership.latest().clone();
         let mut changed = false;
         for entry in value.entries.iter() {
             if let EntryKind::Reconfigure(change) = &entry.kind {
-                if let Ok(next) = config.apply(change) {
-                    config = next;
-                    changed = true;
+                match config.apply(change) {
+                    Ok(next) => {
+                        config = next;
+                        changed = true;
+                    }
+                    Err(why) => refused.push((entry.id, why)),
                 }
             }
         }
@@ -98,6 +107,7 @@ impl Replica {
             self.membership
                 .push(slot.plus(self.settings.window_slots), config);
         }
+        refused
     }
 
     pub(crate) fn request_catch_up(&mut self, from: NodeId) {
@@ -298,10 +308,13 @@ impl Replica {
             return;
         }
         let all_reported = config.voters.keys().all(|n| reports.contains_key(n));
-        if all_reported && counts.len() > 1 {
+        if all_reported && counts.len() > 1 && self.digest_mismatches.insert(slot) {
             let digests = reports.iter().map(|(n, d)| (*n, *d)).collect();
             self.actions
                 .push_back(Action::DigestMismatch { slot, digests });
+            while self.digest_mismatches.len() > DIGEST_ROUNDS_MAX {
+                self.digest_mismatches.pop_first();
+            }
         }
     }
 

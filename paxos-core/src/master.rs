@@ -425,15 +425,28 @@ impl Replica {
         self.fill_window();
     }
 
-    /// Acknowledges this tenure's submits in a value just applied.
-    pub(crate) fn acknowledge(&mut self, slot: Slot, value: &Value) {
+    /// Acknowledges this tenure's submits in a value just applied (membership changes that did not
+    /// apply fail instead).
+    pub(crate) fn acknowledge(
+        &mut self,
+        slot: Slot,
+        value: &Value,
+        refused: &[(EntryId, &'static str)],
+    ) {
         let Role::Master(master) = &mut self.role else {
             return;
         };
         for entry in value.entries.iter() {
             if master.outstanding.remove(&entry.id) {
-                self.actions
-                    .push_back(Action::Committed { id: entry.id, slot });
+                match refused.iter().find(|(id, _)| *id == entry.id) {
+                    Some((id, why)) => self.actions.push_back(Action::Failed {
+                        id: *id,
+                        error: crate::action::ProposeError::Membership(why),
+                    }),
+                    None => self
+                        .actions
+                        .push_back(Action::Committed { id: entry.id, slot }),
+                }
             }
             if let EntryKind::Reconfigure(MembershipChange::Reincarnate { node, .. }) = &entry.kind
             {

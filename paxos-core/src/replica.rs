@@ -18,7 +18,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 pub(crate) type Voter = (NodeId, Incarnation);
 
 /// Deliberately broken behaviours, one per simulator checker, to show the checkers have teeth.
-/// Settable only with the `planted-bugs` feature, which no binary enables.
+/// Settable only with the `planted-bugs` feature, which only the `tests` crate (the simulator)
+/// enables.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PlantedBugs {
     /// Acceptors take accepts below their promise.
@@ -39,11 +40,11 @@ pub struct PlantedBugs {
     pub ignore_catch_up: bool,
 }
 
-/// An acceptor's grant of a master lease: it promises no other ballot before `until` (its ticks).
+/// An acceptor's grant of a master lease: it promises no other node's ballot before `until` (its
+/// ticks), and moves the grant only to a higher ballot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct LeaseGrant {
-    /// `None` after a restart: the replica may have granted a lease it no longer remembers.
-    pub holder: Option<Ballot>,
+    pub holder: Ballot,
     pub until: u64,
 }
 
@@ -139,12 +140,17 @@ pub struct Replica {
     /// The highest chosen prefix any peer announced.
     pub(crate) known_chosen: Slot,
     pub(crate) lease_granted: Option<LeaseGrant>,
+    /// After a restart or a rebuild the replica may have granted a lease it no longer remembers: it
+    /// promises nothing to anyone before this tick.
+    pub(crate) restart_guard_until: u64,
     pub(crate) election_due: u64,
     pub(crate) leader_hint: Option<NodeId>,
     pub(crate) role: Role,
     pub(crate) rebuild: Option<Rebuild>,
     pub(crate) catch_up: CatchUp,
     pub(crate) digests: BTreeMap<Slot, BTreeMap<NodeId, u64>>,
+    /// Digest slots already reported as mismatched (reported once each).
+    pub(crate) digest_mismatches: BTreeSet<Slot>,
     pub(crate) corrupt: bool,
     /// Submits kept across epochs (only with the planted bug).
     pub(crate) stash: Vec<Entry>,
@@ -194,6 +200,7 @@ impl Replica {
             chosen_through: Slot::ZERO,
             known_chosen: Slot::ZERO,
             lease_granted: None,
+            restart_guard_until: 0,
             election_due: 0,
             leader_hint: None,
             role: Role::Follower,
@@ -203,6 +210,7 @@ impl Replica {
                 fetching_snapshot: None,
             },
             digests: BTreeMap::new(),
+            digest_mismatches: BTreeSet::new(),
             corrupt: false,
             stash: Vec::new(),
             seed_peers: Vec::new(),
@@ -265,10 +273,7 @@ impl Replica {
         replica.snapshot = state.snapshot;
         replica.chosen_through = replica.snapshot.slot;
         replica.log = state.log;
-        replica.lease_granted = Some(LeaseGrant {
-            holder: None,
-            until: replica.settings.lease_ticks + 1,
-        });
+        replica.restart_guard_until = replica.settings.lease_ticks + 1;
         replica.advance_chosen();
         replica
     }
@@ -284,10 +289,7 @@ impl Replica {
             replies: BTreeMap::new(),
             last_probe: None,
         });
-        replica.lease_granted = Some(LeaseGrant {
-            holder: None,
-            until: replica.settings.lease_ticks + 1,
-        });
+        replica.restart_guard_until = replica.settings.lease_ticks + 1;
         replica
     }
 
@@ -466,8 +468,9 @@ impl Replica {
     }
     pub fn role_kind(&self) -> RoleKind {
         match self.role {
-            Role::Follower => RoleKind::Follower,
-            Role::PreCandidate { .. } | Role::Candidate { .. } => RoleKind::Candidate,
+            // Pre-vote changes nothing anyone can see: still a follower.
+            Role::Follower | Role::PreCandidate { .. } => RoleKind::Follower,
+            Role::Candidate { .. } => RoleKind::Candidate,
             Role::Master(_) => RoleKind::Master,
         }
     }
@@ -549,7 +552,7 @@ impl Replica {
     pub(crate) fn window_configs(&self) -> impl Iterator<Item = &Config> {
         let from = self.chosen_through.next();
         self.membership
-            .configs_between(from, from.plus(self.settings.window_slots))
+            .configs_between(from, self.chosen_through.plus(self.settings.window_slots))
     }
 
     /// True if `voters` hold a majority of every config in the window.
@@ -572,9 +575,9 @@ impl Replica {
         let previous = std::mem::replace(&mut self.role, Role::Follower);
         self.reset_election_timer();
         match previous {
-            Role::Follower => return,
+            Role::Follower | Role::PreCandidate { .. } => return,
             Role::Master(master) => self.fail_tenure(*master),
-            Role::PreCandidate { .. } | Role::Candidate { .. } => {}
+            Role::Candidate { .. } => {}
         }
         self.actions.push_back(Action::RoleChanged {
             role: RoleKind::Follower,

@@ -78,7 +78,11 @@ impl Settings {
         if self.window_slots == 0 || self.window_slots > limits::WINDOW_SLOTS_MAX {
             return Some("window_slots must be in 1..=4096");
         }
-        if self.batch_entries_max == 0 || self.batch_bytes_max > limits::BATCH_BYTES_MAX {
+        if self.batch_entries_max == 0
+            || self.batch_entries_max > limits::BATCH_ENTRIES_MAX
+            || self.batch_bytes_max == 0
+            || self.batch_bytes_max > limits::BATCH_BYTES_MAX
+        {
             return Some("batch limits out of range");
         }
         None

@@ -19,6 +19,8 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 const MS: u64 = 1_000_000;
 const SECOND: u64 = 1_000_000_000;
+/// Most submits the simulated clients keep in flight at one replica.
+const SUBMITS_IN_FLIGHT_MAX: usize = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -218,6 +220,8 @@ struct Node {
     retired: bool,
     /// Set once the node appeared in the group's config.
     was_member: bool,
+    /// Submits this node took that are neither acknowledged nor failed.
+    open_submits: std::collections::BTreeSet<EntryId>,
     /// Highest incarnation of this node whose state was lost.
     lost_incarnation: Option<Incarnation>,
     /// Lost its state and has not finished rebuilding yet (crashes in between included).
@@ -593,6 +597,7 @@ impl Sim {
             Action::Apply { slot, value } => self.apply(node, slot, value),
             Action::Committed { id, slot } => self.on_committed(node, id, slot),
             Action::Failed { id, .. } => {
+                self.nodes[node].open_submits.remove(&id);
                 if let Some(liveness) = &mut self.liveness {
                     if liveness.probe == Some(id) {
                         liveness.probe = None; // the probe's tenure ended: the next submit probes again
@@ -895,6 +900,7 @@ impl Sim {
     }
 
     fn on_committed(&mut self, node: usize, id: EntryId, slot: Slot) {
+        self.nodes[node].open_submits.remove(&id);
         self.oracle.on_ack(self.now, id, slot);
         let tenure = self.nodes[node].tenure;
         let submitted = self.submits.get(&id).copied();
@@ -961,13 +967,19 @@ impl Sim {
         {
             return;
         }
+        self.forget_orphaned_probe();
         let value = self.next_value;
         self.next_value += 1;
         let n = &mut self.nodes[node];
         let Some(engine) = n.engine.as_mut().filter(|_| !n.retired) else {
             return;
         };
+        // A client keeps a bounded number of submits in flight, as real ones do.
+        if n.open_submits.len() >= SUBMITS_IN_FLIGHT_MAX {
+            return;
+        }
         if let Ok(id) = engine.propose(encode(value)) {
+            n.open_submits.insert(id);
             self.submits.insert(id, (node, self.now));
             if let Some(liveness) = &mut self.liveness {
                 if liveness.probe.is_none() {
@@ -976,6 +988,30 @@ impl Sim {
             }
         }
         self.drain(node);
+    }
+
+    /// A probe whose master crashed, was retired or lost its tenure will never be answered.
+    fn forget_orphaned_probe(&mut self) {
+        let Some(Liveness {
+            probe: Some(id), ..
+        }) = &self.liveness
+        else {
+            return;
+        };
+        let holder = self.submits.get(id).map(|(node, _)| *node);
+        let alive = holder.is_some_and(|n| {
+            let node = &self.nodes[n];
+            !node.retired
+                && node
+                    .engine
+                    .as_ref()
+                    .is_some_and(|e| e.epoch() == Some(id.epoch))
+        });
+        if !alive {
+            if let Some(liveness) = &mut self.liveness {
+                liveness.probe = None;
+            }
+        }
     }
 
     fn on_read(&mut self) {
@@ -1023,6 +1059,7 @@ impl Sim {
     /// The process dies: memory is gone, and only a prefix of what was written but not synced survives.
     fn crash(&mut self, node: usize) {
         self.stats.crashes += 1;
+        self.nodes[node].open_submits.clear();
         if self.options.trace {
             println!(
                 "{:.6} {} crashes",
@@ -1436,6 +1473,7 @@ impl Sim {
                 node.was_member = true;
             } else if node.was_member && !node.retired && settled {
                 node.retired = true;
+                node.open_submits.clear();
                 node.engine = None;
                 node.generation += 1;
                 node.tenure = None;
@@ -1455,6 +1493,7 @@ impl Node {
             rate_ppm,
             retired: false,
             was_member: false,
+            open_submits: Default::default(),
             lost_incarnation: None,
             impaired: false,
             tenure: None,
