@@ -94,14 +94,21 @@ impl Replica {
         let mut voters = voters;
         voters.sort();
         voters.dedup();
-        self.send_all(&voters, Message::Probe(Probe { ballot }));
+        let probe = Probe {
+            ballot,
+            chosen_through: self.chosen_through,
+        };
+        self.send_all(&voters, Message::Probe(probe));
     }
 
     /// Asks again the voters that have not yet said yes (to the probe or the prepare).
     pub(crate) fn retry_election(&mut self) {
         let (message, answered): (Message, BTreeSet<NodeId>) = match &self.role {
             Role::PreCandidate { ballot, oks, .. } => (
-                Message::Probe(Probe { ballot: *ballot }),
+                Message::Probe(Probe {
+                    ballot: *ballot,
+                    chosen_through: self.chosen_through,
+                }),
                 oks.iter().map(|(n, _)| *n).collect(),
             ),
             Role::Candidate {
@@ -133,6 +140,7 @@ impl Replica {
     }
 
     pub(crate) fn on_probe(&mut self, from: NodeId, probe: Probe) {
+        self.known_chosen = self.known_chosen.max(probe.chosen_through);
         let ok = self.would_promise(probe.ballot);
         self.send(
             from,

@@ -15,7 +15,8 @@ pub struct Outgoing {
 pub enum Action {
     /// Make `records` durable, in order, then send `messages`. The messages (promises and accepted
     /// votes) depend on the records: none may leave before the records are synced. Group commit may
-    /// merge several of these into one write and one sync, keeping their order.
+    /// merge several of these into one write and one sync, keeping their order. When `messages` is
+    /// empty nothing waits on the records: they may ride along with the next sync.
     Persist {
         records: Vec<Record>,
         messages: Vec<Outgoing>,

@@ -54,7 +54,7 @@ impl Replica {
                 value: value.clone(),
             },
         );
-        self.persist(vec![Record::Chosen { slot, value }], Vec::new());
+        self.persist_quietly(Record::Chosen { slot, value });
     }
 
     /// Extends the chosen prefix over every contiguous chosen slot, applying each in order.
@@ -472,21 +472,19 @@ impl Replica {
     }
 
     pub(crate) fn check_rebuild_progress(&mut self) {
-        match &self.rebuild {
-            Some(Rebuild::CatchingUp { target }) if self.chosen_through >= *target => {
-                self.rebuild = Some(Rebuild::AwaitingVote { last_rejoin: None });
+        if matches!(&self.rebuild, Some(Rebuild::CatchingUp { target }) if self.chosen_through >= *target)
+        {
+            self.rebuild = Some(Rebuild::AwaitingVote { last_rejoin: None });
+        }
+        if let Some(Rebuild::AwaitingVote { .. }) = &self.rebuild {
+            // The reincarnation must be chosen (an instance started after the rebuild began) and
+            // in force for the next slot before this replica votes.
+            if self.config().incarnation_of(self.node) == Some(self.incarnation) {
+                self.rebuild = None;
+                self.persist(vec![Record::RebuildDone], Vec::new());
+            } else {
                 self.tick_rebuild();
             }
-            Some(Rebuild::AwaitingVote { .. }) => {
-                // The reincarnation must be chosen (an instance started after the rebuild began) and
-                // in force for the next slot before this replica votes.
-                let member = self.config().incarnation_of(self.node) == Some(self.incarnation);
-                if member {
-                    self.rebuild = None;
-                    self.persist(vec![Record::RebuildDone], Vec::new());
-                }
-            }
-            _ => {}
         }
     }
 }

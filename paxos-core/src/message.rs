@@ -39,6 +39,9 @@ pub enum Message {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Probe {
     pub ballot: Ballot,
+    /// The prober's chosen prefix: a replica that lags learns there is something to catch up on
+    /// even while no master exists (it may be the voter whose vote an election is waiting for).
+    pub chosen_through: Slot,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -539,6 +539,18 @@ impl Replica {
             .push_back(Action::Persist { records, messages });
     }
 
+    /// Persists one record that releases no message, joining the previous such action if it is
+    /// the last one queued (fewer, larger writes; order is kept).
+    pub(crate) fn persist_quietly(&mut self, record: Record) {
+        if let Some(Action::Persist { records, messages }) = self.actions.back_mut() {
+            if messages.is_empty() {
+                records.push(record);
+                return;
+            }
+        }
+        self.persist(vec![record], Vec::new());
+    }
+
     /// Every member of every config in force from the next unchosen slot on (where messages go).
     pub(crate) fn members(&self) -> Vec<NodeId> {
         let mut members: BTreeSet<NodeId> = BTreeSet::new();

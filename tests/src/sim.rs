@@ -630,12 +630,19 @@ impl Sim {
     fn persist(&mut self, node: usize, records: Vec<Record>, messages: Vec<paxos_core::Outgoing>) {
         let n = &mut self.nodes[node];
         let incarnation = n.engine.as_ref().expect("alive").incarnation();
+        // The identity record is synced at once, as storage creates it (a replica that crashed
+        // before would otherwise come back as a stranger).
+        let identity = records
+            .iter()
+            .any(|r| matches!(r, Record::Bootstrap { .. }));
+        let releases = !messages.is_empty() || identity;
         n.disk.pending.push_back(PendingSync {
             records,
             messages,
             incarnation,
         });
-        if n.disk.syncing == 0 {
+        // Records that release no message ride along with the next sync (group commit).
+        if releases && n.disk.syncing == 0 {
             self.start_sync(node);
         }
     }
@@ -667,7 +674,13 @@ impl Sim {
             }
         }
         self.nodes[node].disk.syncing = 0;
-        if !self.nodes[node].disk.pending.is_empty() {
+        let waiting = |b: &PendingSync| {
+            !b.messages.is_empty()
+                || b.records
+                    .iter()
+                    .any(|r| matches!(r, Record::Bootstrap { .. }))
+        };
+        if self.nodes[node].disk.pending.iter().any(waiting) {
             self.start_sync(node);
         }
     }
@@ -1195,7 +1208,14 @@ impl Sim {
     fn impaired(&self, node: NodeId, incarnation: Incarnation) -> bool {
         self.index_of(node).is_some_and(|i| {
             let n = &self.nodes[i];
-            n.impaired || n.lost_incarnation.is_some_and(|l| l >= incarnation)
+            n.impaired
+                || n.lost_incarnation.is_some_and(|l| l >= incarnation)
+                || match &n.engine {
+                    Some(engine) => engine.is_rebuilding(),
+                    // Down: it comes back rebuilding if that is what its disk says.
+                    None => DurableState::recover(&n.disk.durable)
+                        .map_or(true, |state| state.rebuilding),
+                }
         })
     }
 
