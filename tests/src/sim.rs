@@ -55,6 +55,8 @@ pub struct Options {
     pub membership_mean_interval_ns: u64,
     pub wipe_ppm: u64,
     pub submit_interval_ns: u64,
+    /// How many client submits arrive together at each client event.
+    pub submits_per_event: u64,
     pub snapshot_every_slots: u64,
     /// Print every event (for replaying a failure by eye).
     pub trace: bool,
@@ -98,6 +100,7 @@ impl Options {
             membership_mean_interval_ns: 3 * SECOND + rng.below(6 * SECOND),
             wipe_ppm: 150_000 + rng.below(250_000),
             submit_interval_ns: MS + rng.below(10 * MS),
+            submits_per_event: 1,
             snapshot_every_slots: 20 + rng.below(100),
             trace: false,
             checks: Check::ALL.to_vec(),
@@ -119,7 +122,8 @@ impl Options {
         options.partition_mean_interval_ns = u64::MAX / 8;
         options.membership_mean_interval_ns = u64::MAX / 8;
         options.wipe_ppm = 0;
-        options.submit_interval_ns = MS / 2;
+        options.submit_interval_ns = 4 * MS;
+        options.submits_per_event = 8;
         options.fault_phase_ns = 20 * SECOND;
         options
     }
@@ -981,22 +985,24 @@ impl Sim {
             return;
         }
         self.forget_orphaned_probe();
-        let value = self.next_value;
-        self.next_value += 1;
-        let n = &mut self.nodes[node];
-        let Some(engine) = n.engine.as_mut().filter(|_| !n.retired) else {
-            return;
-        };
-        // A client keeps a bounded number of submits in flight, as real ones do.
-        if n.open_submits.len() >= SUBMITS_IN_FLIGHT_MAX {
-            return;
-        }
-        if let Ok(id) = engine.propose(encode(value)) {
-            n.open_submits.insert(id);
-            self.submits.insert(id, (node, self.now));
-            if let Some(liveness) = &mut self.liveness {
-                if liveness.probe.is_none() {
-                    liveness.probe = Some(id);
+        for _ in 0..self.options.submits_per_event {
+            let value = self.next_value;
+            self.next_value += 1;
+            let n = &mut self.nodes[node];
+            let Some(engine) = n.engine.as_mut().filter(|_| !n.retired) else {
+                return;
+            };
+            // A client keeps a bounded number of submits in flight, as real ones do.
+            if n.open_submits.len() >= SUBMITS_IN_FLIGHT_MAX {
+                break;
+            }
+            if let Ok(id) = engine.propose(encode(value)) {
+                n.open_submits.insert(id);
+                self.submits.insert(id, (node, self.now));
+                if let Some(liveness) = &mut self.liveness {
+                    if liveness.probe.is_none() {
+                        liveness.probe = Some(id);
+                    }
                 }
             }
         }
