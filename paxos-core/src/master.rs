@@ -245,6 +245,9 @@ impl Replica {
             return;
         };
         let due = self.now.saturating_sub(self.settings.retry_interval_ticks);
+        if !master.in_flight.values().any(|f| f.sent_at <= due) {
+            return;
+        }
         let stale: Vec<Slot> = master
             .in_flight
             .iter()
@@ -366,7 +369,13 @@ impl Replica {
         let Role::Master(master) = &mut self.role else {
             return;
         };
-        master.lease_rounds = master.lease_rounds.split_off(&oldest);
+        while master
+            .lease_rounds
+            .first_key_value()
+            .is_some_and(|(tick, _)| *tick < oldest)
+        {
+            master.lease_rounds.pop_first();
+        }
         master.lease_until = until;
         master.last_lease_end = master.last_lease_end.max(until);
     }

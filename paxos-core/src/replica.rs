@@ -694,9 +694,16 @@ impl Replica {
                 m.ballot <= self.max_ballot_seen,
                 "master ballot above the highest seen"
             );
-            for slot in m.in_flight.keys() {
+            // In flight: strictly inside the window (the map is ordered: its ends suffice).
+            if let (Some((first, _)), Some((last, _))) =
+                (m.in_flight.first_key_value(), m.in_flight.last_key_value())
+            {
                 assert!(
-                    *slot <= self.chosen_through.plus(self.settings.window_slots),
+                    *first > self.chosen_through,
+                    "a chosen slot still in flight"
+                );
+                assert!(
+                    *last <= self.chosen_through.plus(self.settings.window_slots),
                     "slot beyond the window"
                 );
             }

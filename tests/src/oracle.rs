@@ -67,6 +67,47 @@ impl fmt::Display for Violation {
 
 type Voter = (NodeId, Incarnation);
 
+/// A map keyed by slot, stored densely: the oracle touches every slot of a run, several times.
+struct SlotMap<T> {
+    items: Vec<Option<T>>,
+}
+
+impl<T> SlotMap<T> {
+    fn new() -> SlotMap<T> {
+        SlotMap { items: Vec::new() }
+    }
+    fn get(&self, slot: &Slot) -> Option<&T> {
+        self.items.get(slot.0 as usize).and_then(Option::as_ref)
+    }
+    fn insert(&mut self, slot: Slot, item: T) {
+        let index = slot.0 as usize;
+        if index >= self.items.len() {
+            self.items.resize_with(index + 1, || None);
+        }
+        self.items[index] = Some(item);
+    }
+    fn get_or_insert_with(&mut self, slot: Slot, make: impl FnOnce() -> T) -> &mut T {
+        if self.get(&slot).is_none() {
+            self.insert(slot, make());
+        }
+        self.items[slot.0 as usize].as_mut().expect("just inserted")
+    }
+    /// Slots in `from..=to` that hold an item.
+    fn slots_between(&self, from: Slot, to: Slot) -> Vec<Slot> {
+        let end = (to.0 as usize + 1).min(self.items.len());
+        (from.0 as usize..end)
+            .filter(|i| self.items[*i].is_some())
+            .map(|i| Slot(i as u64))
+            .collect()
+    }
+    fn iter(&self) -> impl Iterator<Item = (Slot, &T)> {
+        self.items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| item.as_ref().map(|t| (Slot(i as u64), t)))
+    }
+}
+
 struct SlotVotes {
     /// Durable accepts by ballot: the value and who accepted it.
     by_ballot: BTreeMap<Ballot, (Value, BTreeSet<Voter>)>,
@@ -77,18 +118,18 @@ pub struct Oracle {
     /// Checks that may fail (all by default; a teeth test enables one at a time).
     enabled: Vec<Check>,
     window: u64,
-    votes: BTreeMap<Slot, SlotVotes>,
+    votes: SlotMap<SlotVotes>,
     /// Slots a majority really chose, and their values.
-    pub chosen: BTreeMap<Slot, Value>,
+    chosen: SlotMap<Value>,
     /// Every slot through here is chosen.
     pub prefix: Slot,
     /// Hash chain of the chosen history at each slot of the prefix.
-    chains: BTreeMap<Slot, u64>,
+    chains: SlotMap<u64>,
     /// Membership as the chosen prefix decides it.
     pub membership: MembershipLog,
     /// Acknowledged submits: where they were acknowledged.
-    acked: BTreeMap<EntryId, Slot>,
-    acked_by_slot: BTreeMap<Slot, Vec<EntryId>>,
+    acked: usize,
+    acked_by_slot: SlotMap<Vec<EntryId>>,
     pub max_acked_slot: Slot,
     pub max_read_slot: Slot,
     pub violation: Option<Violation>,
@@ -99,13 +140,17 @@ impl Oracle {
         Oracle {
             enabled,
             window,
-            votes: BTreeMap::new(),
-            chosen: BTreeMap::new(),
+            votes: SlotMap::new(),
+            chosen: SlotMap::new(),
             prefix: Slot::ZERO,
-            chains: BTreeMap::from([(Slot::ZERO, 0)]),
+            chains: {
+                let mut chains = SlotMap::new();
+                chains.insert(Slot::ZERO, 0);
+                chains
+            },
             membership: MembershipLog::initial(config),
-            acked: BTreeMap::new(),
-            acked_by_slot: BTreeMap::new(),
+            acked: 0,
+            acked_by_slot: SlotMap::new(),
             max_acked_slot: Slot::ZERO,
             max_read_slot: Slot::ZERO,
             violation: None,
@@ -136,7 +181,7 @@ impl Oracle {
         ballot: Ballot,
         value: &Value,
     ) {
-        let votes = self.votes.entry(slot).or_insert_with(|| SlotVotes {
+        let votes = self.votes.get_or_insert_with(slot, || SlotVotes {
             by_ballot: BTreeMap::new(),
         });
         let (held, voters) = votes
@@ -196,7 +241,10 @@ impl Oracle {
         let before = self.prefix;
         while let Some(value) = self.chosen.get(&self.prefix.next()) {
             let slot = self.prefix.next();
-            let previous = self.chains[&self.prefix];
+            let previous = *self
+                .chains
+                .get(&self.prefix)
+                .expect("the prefix has a chain");
             self.chains.insert(slot, chain(previous, slot, value));
             let reconfigures = value
                 .entries
@@ -222,11 +270,10 @@ impl Oracle {
             self.prefix = slot;
         }
         if self.prefix > before {
-            let pending: Vec<Slot> = self
-                .votes
-                .range(before.plus(self.window).next()..=self.prefix.plus(self.window))
-                .map(|(s, _)| *s)
-                .collect();
+            let pending = self.votes.slots_between(
+                before.plus(self.window).next(),
+                self.prefix.plus(self.window),
+            );
             for slot in pending {
                 self.evaluate(now, slot);
             }
@@ -252,8 +299,10 @@ impl Oracle {
 
     /// A master acknowledged `id` as chosen at `slot`.
     pub fn on_ack(&mut self, now: u64, id: EntryId, slot: Slot) {
-        self.acked.insert(id, slot);
-        self.acked_by_slot.entry(slot).or_default().push(id);
+        self.acked += 1;
+        self.acked_by_slot
+            .get_or_insert_with(slot, Vec::new)
+            .push(id);
         self.max_acked_slot = self.max_acked_slot.max(slot);
         match self.chosen.get(&slot) {
             Some(value) if contains(value, id) => {}
@@ -280,10 +329,12 @@ impl Oracle {
 
     /// At the end of a run: every acknowledged entry must be chosen where it was acknowledged.
     pub fn check_acks_final(&mut self, now: u64) {
-        let missing = self
-            .acked
-            .iter()
-            .find(|(id, slot)| !self.chosen.get(slot).is_some_and(|v| contains(v, **id)));
+        let missing = self.acked_by_slot.iter().find_map(|(slot, ids)| {
+            let chosen = self.chosen.get(&slot);
+            ids.iter()
+                .find(|id| !chosen.is_some_and(|v| contains(v, **id)))
+                .map(|id| (*id, slot))
+        });
         if let Some((id, slot)) = missing {
             let detail = format!(
                 "entry {id:?} was acknowledged at {slot} but is not chosen there by the end"
@@ -293,7 +344,7 @@ impl Oracle {
     }
 
     pub fn acked_count(&self) -> usize {
-        self.acked.len()
+        self.acked
     }
 }
 

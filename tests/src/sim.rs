@@ -273,7 +273,7 @@ pub struct Sim {
     blocked: Vec<Vec<bool>>,
     faults_on: bool,
     oracle: Oracle,
-    /// Submits: who took them and when (true time).
+    /// Submits not yet answered: who took them and when (true time).
     submits: BTreeMap<EntryId, (usize, u64)>,
     next_value: u64,
     liveness: Option<Liveness>,
@@ -602,6 +602,7 @@ impl Sim {
             Action::Committed { id, slot } => self.on_committed(node, id, slot),
             Action::Failed { id, .. } => {
                 self.nodes[node].open_submits.remove(&id);
+                self.submits.remove(&id);
                 if let Some(liveness) = &mut self.liveness {
                     if liveness.probe == Some(id) {
                         liveness.probe = None; // the probe's tenure ended: the next submit probes again
@@ -920,7 +921,7 @@ impl Sim {
         self.nodes[node].open_submits.remove(&id);
         self.oracle.on_ack(self.now, id, slot);
         let tenure = self.nodes[node].tenure;
-        let submitted = self.submits.get(&id).copied();
+        let submitted = self.submits.remove(&id);
         let continuous = match (tenure, submitted) {
             (Some((epoch, since)), Some((at_node, at))) => {
                 epoch == id.epoch && at_node == node && since <= at
