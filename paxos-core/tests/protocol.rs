@@ -30,6 +30,16 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// A three-replica cluster run until it has elected a master.
+    fn elected() -> (Cluster, NodeId) {
+        let mut cluster = Cluster::new(3);
+        cluster.tick(300);
+        let master = cluster
+            .master()
+            .expect("a master after the election timeout");
+        (cluster, master)
+    }
+
     fn new(size: u64) -> Cluster {
         let ids: Vec<NodeId> = (1..=size).map(NodeId).collect();
         let config = Config::new(ids.iter().copied());
@@ -154,11 +164,7 @@ impl Cluster {
 
 #[test]
 fn pml_2_a_master_is_elected_and_submits_are_chosen_in_order_everywhere() {
-    let mut cluster = Cluster::new(3);
-    cluster.tick(300);
-    let master = cluster
-        .master()
-        .expect("a master after the election timeout");
+    let (mut cluster, master) = Cluster::elected();
     let node = cluster.nodes.get_mut(&master).expect("exists");
     for i in 0..50u8 {
         node.propose(vec![i]).expect("the master takes submits");
@@ -193,9 +199,7 @@ fn pml_2_a_master_is_elected_and_submits_are_chosen_in_order_everywhere() {
 
 #[test]
 fn pml_2_promises_and_votes_leave_only_after_their_records_are_durable() {
-    let mut cluster = Cluster::new(3);
-    cluster.tick(300);
-    let master = cluster.master().expect("master");
+    let (mut cluster, master) = Cluster::elected();
     cluster
         .nodes
         .get_mut(&master)
@@ -217,9 +221,7 @@ fn pml_2_promises_and_votes_leave_only_after_their_records_are_durable() {
 
 #[test]
 fn pml_5_2_a_leased_master_is_not_deposed_by_a_returning_replica_with_a_high_ballot() {
-    let mut cluster = Cluster::new(3);
-    cluster.tick(300);
-    let master = cluster.master().expect("master");
+    let (mut cluster, master) = Cluster::elected();
     let epoch = cluster.nodes[&master].epoch();
     let follower = cluster
         .nodes
@@ -277,9 +279,7 @@ fn pml_5_2_a_leased_master_is_not_deposed_by_a_returning_replica_with_a_high_bal
 
 #[test]
 fn pml_5_2_an_isolated_masters_lease_ends_before_another_master_holds_one() {
-    let mut cluster = Cluster::new(3);
-    cluster.tick(300);
-    let old = cluster.master().expect("master");
+    let (mut cluster, old) = Cluster::elected();
     cluster.isolate(old);
     let mut old_lease_ended = false;
     for _ in 0..1_000 {
@@ -303,9 +303,7 @@ fn pml_5_2_an_isolated_masters_lease_ends_before_another_master_holds_one() {
 
 #[test]
 fn pml_5_3_a_submit_fails_with_epoch_changed_when_mastership_is_lost_before_it_is_chosen() {
-    let mut cluster = Cluster::new(3);
-    cluster.tick(300);
-    let old = cluster.master().expect("master");
+    let (mut cluster, old) = Cluster::elected();
     cluster.isolate(old);
     let epoch = cluster.nodes[&old].epoch().expect("master has an epoch");
     cluster
@@ -333,9 +331,7 @@ fn pml_5_3_a_submit_fails_with_epoch_changed_when_mastership_is_lost_before_it_i
 
 #[test]
 fn pml_5_1_a_rebuilt_replica_catches_up_without_voting_then_votes_under_a_new_incarnation() {
-    let mut cluster = Cluster::new(3);
-    cluster.tick(300);
-    let master = cluster.master().expect("master");
+    let (mut cluster, master) = Cluster::elected();
     for i in 0..20u8 {
         cluster
             .nodes
@@ -407,9 +403,7 @@ fn pml_5_1_a_rebuilt_replica_catches_up_without_voting_then_votes_under_a_new_in
 
 #[test]
 fn pml_5_5_a_replica_behind_a_truncated_log_is_told_to_fetch_the_snapshot() {
-    let mut cluster = Cluster::new(3);
-    cluster.tick(300);
-    let master = cluster.master().expect("master");
+    let (mut cluster, master) = Cluster::elected();
     let behind = cluster
         .nodes
         .keys()

@@ -252,6 +252,23 @@ pub struct Stats {
     pub trace_hash: u64,
 }
 
+impl Stats {
+    /// Adds another run's figures (the trace hash is not a sum and stays).
+    pub fn add(&mut self, other: &Stats) {
+        self.events += other.events;
+        self.deliveries += other.deliveries;
+        self.virtual_ns += other.virtual_ns;
+        self.chosen += other.chosen;
+        self.acked += other.acked;
+        self.crashes += other.crashes;
+        self.wipes += other.wipes;
+        self.partitions += other.partitions;
+        self.membership_changes += other.membership_changes;
+        self.lease_reads += other.lease_reads;
+        self.snapshots_installed += other.snapshots_installed;
+    }
+}
+
 #[derive(Debug)]
 pub struct Outcome {
     pub options: Options,

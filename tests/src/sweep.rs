@@ -1,7 +1,7 @@
 //! Runs many seeds, in parallel threads, and reports the first failure with its replay command.
 
 use crate::oracle::{Check, Violation};
-use crate::sim::{run, Mode, Options, Outcome};
+use crate::sim::{run, Mode, Options, Outcome, Stats};
 use paxos_core::PlantedBugs;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,16 +26,8 @@ pub enum Modes {
 #[derive(Debug, Default)]
 pub struct Summary {
     pub seeds: u64,
-    pub events: u64,
-    pub deliveries: u64,
-    pub virtual_ns: u64,
-    pub acked: u64,
-    pub crashes: u64,
-    pub wipes: u64,
-    pub partitions: u64,
-    pub membership_changes: u64,
-    pub lease_reads: u64,
-    pub snapshots_installed: u64,
+    /// Every seed's figures added up.
+    pub totals: Stats,
     /// How many seeds found a violation.
     pub failures: u64,
     /// The failing seed with the lowest number, and what it found.
@@ -108,18 +100,8 @@ pub fn run_catching_panics(options: Options) -> Outcome {
 }
 
 fn add(summary: &mut Summary, seed: u64, mode: Mode, outcome: Outcome) {
-    let s = outcome.stats;
     summary.seeds += 1;
-    summary.events += s.events;
-    summary.deliveries += s.deliveries;
-    summary.virtual_ns += s.virtual_ns;
-    summary.acked += s.acked;
-    summary.crashes += s.crashes;
-    summary.wipes += s.wipes;
-    summary.partitions += s.partitions;
-    summary.membership_changes += s.membership_changes;
-    summary.lease_reads += s.lease_reads;
-    summary.snapshots_installed += s.snapshots_installed;
+    summary.totals.add(&outcome.stats);
     if let Some(violation) = outcome.violation {
         summary.failures += 1;
         if summary.failure.as_ref().is_none_or(|(s, _, _)| seed < *s) {

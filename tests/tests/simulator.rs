@@ -34,15 +34,15 @@ fn the_correct_engine_passes_a_small_sweep_with_every_fault() {
     }
     assert_eq!(summary.seeds, 60);
     assert!(
-        summary.crashes > 0 && summary.wipes > 0 && summary.partitions > 0,
+        summary.totals.crashes > 0 && summary.totals.wipes > 0 && summary.totals.partitions > 0,
         "faults were injected"
     );
     assert!(
-        summary.membership_changes > 0 && summary.snapshots_installed > 0,
+        summary.totals.membership_changes > 0 && summary.totals.snapshots_installed > 0,
         "membership and snapshots exercised"
     );
     assert!(
-        summary.acked > 10_000 && summary.lease_reads > 1_000,
+        summary.totals.acked > 10_000 && summary.totals.lease_reads > 1_000,
         "clients made progress"
     );
 }

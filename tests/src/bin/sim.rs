@@ -96,10 +96,10 @@ fn main() -> ExitCode {
     if args.json {
         println!(
             "{{\"seeds\":{},\"failures\":{},\"events\":{},\"deliveries\":{},\"seconds\":{:.3},\"jobs\":{},\"events_per_cpu_second\":{:.0},\"deliveries_per_cpu_second\":{:.0},\"acked\":{},\"crashes\":{},\"wipes\":{},\"partitions\":{},\"membership_changes\":{},\"lease_reads\":{},\"snapshots_installed\":{}}}",
-            summary.seeds, summary.failures, summary.events, summary.deliveries, seconds, jobs,
-            summary.events as f64 / cpu_seconds, summary.deliveries as f64 / cpu_seconds,
-            summary.acked, summary.crashes, summary.wipes, summary.partitions, summary.membership_changes,
-            summary.lease_reads, summary.snapshots_installed
+            summary.seeds, summary.failures, summary.totals.events, summary.totals.deliveries, seconds, jobs,
+            summary.totals.events as f64 / cpu_seconds, summary.totals.deliveries as f64 / cpu_seconds,
+            summary.totals.acked, summary.totals.crashes, summary.totals.wipes, summary.totals.partitions, summary.totals.membership_changes,
+            summary.totals.lease_reads, summary.totals.snapshots_installed
         );
     } else {
         println!(
@@ -108,16 +108,16 @@ fn main() -> ExitCode {
             summary.failures,
             seconds,
             jobs,
-            summary.events,
-            summary.events as f64 / cpu_seconds,
-            summary.deliveries,
-            summary.deliveries as f64 / cpu_seconds,
-            summary.virtual_ns as f64 / 1e9
+            summary.totals.events,
+            summary.totals.events as f64 / cpu_seconds,
+            summary.totals.deliveries,
+            summary.totals.deliveries as f64 / cpu_seconds,
+            summary.totals.virtual_ns as f64 / 1e9
         );
         println!(
             "faults: {} crashes, {} state losses (rebuilds), {} partitions, {} membership changes | {} acknowledged submits, {} lease reads, {} snapshots installed",
-            summary.crashes, summary.wipes, summary.partitions, summary.membership_changes, summary.acked, summary.lease_reads,
-            summary.snapshots_installed
+            summary.totals.crashes, summary.totals.wipes, summary.totals.partitions, summary.totals.membership_changes, summary.totals.acked, summary.totals.lease_reads,
+            summary.totals.snapshots_installed
         );
     }
     match summary.failure {
