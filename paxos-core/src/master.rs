@@ -213,7 +213,7 @@ impl Replica {
             slot,
             InFlight {
                 value,
-                votes: BTreeSet::new(),
+                votes: Vec::new(),
                 sent_at: self.now,
             },
         );
@@ -306,7 +306,9 @@ impl Replica {
         let Some(flight) = master.in_flight.get_mut(&accepted.slot) else {
             return;
         };
-        flight.votes.insert(voter);
+        if !flight.votes.contains(&voter) {
+            flight.votes.push(voter);
+        }
         let config = self.membership.config_at(accepted.slot);
         if config.count_voters(&flight.votes) < config.quorum() {
             return;

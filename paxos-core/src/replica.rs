@@ -68,7 +68,8 @@ pub(crate) enum Role {
 
 pub(crate) struct InFlight {
     pub value: Value,
-    pub votes: BTreeSet<Voter>,
+    /// Distinct voters that accepted (a handful: a vector beats a tree here).
+    pub votes: Vec<Voter>,
     /// When the accept was last sent: it is sent again after `retry_interval_ticks` without a quorum.
     pub sent_at: u64,
 }
