@@ -87,13 +87,7 @@ impl Replica {
             started: self.now,
             oks: BTreeSet::new(),
         };
-        let voters: Vec<NodeId> = self
-            .window_configs()
-            .flat_map(|c| c.voters.keys().copied())
-            .collect();
-        let mut voters = voters;
-        voters.sort();
-        voters.dedup();
+        let voters = self.window_voters();
         let probe = Probe {
             ballot,
             chosen_through: self.chosen_through,
@@ -129,12 +123,7 @@ impl Replica {
             }
             _ => return,
         };
-        let mut missing: Vec<NodeId> = self
-            .window_configs()
-            .flat_map(|c| c.voters.keys().copied())
-            .collect();
-        missing.sort();
-        missing.dedup();
+        let mut missing = self.window_voters();
         missing.retain(|n| !answered.contains(n));
         self.send_all(&missing, message);
     }

@@ -381,9 +381,10 @@ impl Replica {
             return;
         };
         replies.insert(from, reply);
-        let Some(best) = replies.values().max_by_key(|r| r.chosen_through) else {
+        let Some((source, best)) = replies.iter().max_by_key(|(_, r)| r.chosen_through) else {
             return;
         };
+        let source = *source;
         let configs: Vec<_> = best.membership.entries.iter().map(|(_, c)| c).collect();
         let majorities = configs
             .iter()
@@ -399,11 +400,6 @@ impl Replica {
         let known = known.max(self.incarnation);
         let target = best.chosen_through;
         let source_snapshot = best.snapshot.clone();
-        let source = *replies
-            .iter()
-            .max_by_key(|(_, r)| r.chosen_through)
-            .map(|(n, _)| n)
-            .expect("non-empty");
         if self.bugs().rebuild_votes_at_once {
             // Planted bug: speak as the old incarnation at once, as if nothing had been lost.
             self.incarnation = known;

@@ -71,7 +71,6 @@ impl Replica {
         let grantors: BTreeSet<Voter> = reports.keys().copied().collect();
         let mut master = Master {
             ballot,
-            epoch,
             promises: reports,
             recover_through,
             next_slot: self.chosen_through.next(),
@@ -428,7 +427,7 @@ impl Replica {
             return;
         };
         let id = EntryId {
-            epoch: master.epoch,
+            epoch: master.epoch(),
             seq: master.next_seq,
         };
         master.next_seq += 1;

@@ -77,7 +77,6 @@ pub(crate) struct InFlight {
 /// A master's state, owned by the `Role::Master` variant.
 pub(crate) struct Master {
     pub ballot: Ballot,
-    pub epoch: Epoch,
     /// Phase-1 promises by voter: what each reported, by slot.
     pub promises: BTreeMap<Voter, BTreeMap<Slot, crate::message::Reported>>,
     /// The highest slot any promise reported: lease reads wait until it is chosen.
@@ -118,6 +117,13 @@ pub(crate) enum Rebuild {
 pub(crate) struct CatchUp {
     pub last_request: Option<u64>,
     pub fetching_snapshot: Option<u64>,
+}
+
+impl Master {
+    /// The tenure is the ballot that won phase 1.
+    pub(crate) fn epoch(&self) -> Epoch {
+        Epoch(self.ballot)
+    }
 }
 
 /// One Multi-Paxos replica. See the crate docs for the input/output contract.
@@ -477,7 +483,7 @@ impl Replica {
     }
     pub fn epoch(&self) -> Option<Epoch> {
         match &self.role {
-            Role::Master(m) => Some(m.epoch),
+            Role::Master(m) => Some(m.epoch()),
             _ => None,
         }
     }
@@ -553,6 +559,15 @@ impl Replica {
     }
 
     /// Every member of every config in force from the next unchosen slot on (where messages go).
+    /// Every voter of every config in the window (whom elections ask).
+    pub(crate) fn window_voters(&self) -> Vec<NodeId> {
+        let voters: BTreeSet<NodeId> = self
+            .window_configs()
+            .flat_map(|c| c.voters.keys().copied())
+            .collect();
+        voters.into_iter().collect()
+    }
+
     pub(crate) fn members(&self) -> Vec<NodeId> {
         let mut members: BTreeSet<NodeId> = BTreeSet::new();
         for config in self.window_configs() {
@@ -599,6 +614,7 @@ impl Replica {
     }
 
     fn fail_tenure(&mut self, master: Master) {
+        let epoch = master.epoch();
         if self.bugs().keep_proposals_across_epochs {
             self.stash.extend(master.queue);
             for flight in master.in_flight.into_values() {
@@ -607,7 +623,7 @@ impl Replica {
                         .value
                         .entries
                         .iter()
-                        .filter(|e| e.id.epoch == master.epoch)
+                        .filter(|e| e.id.epoch == epoch)
                         .cloned(),
                 );
             }
@@ -616,9 +632,7 @@ impl Replica {
         for id in master.outstanding {
             self.actions.push_back(Action::Failed {
                 id,
-                error: ProposeError::EpochChanged {
-                    submitted: master.epoch,
-                },
+                error: ProposeError::EpochChanged { submitted: epoch },
             });
         }
     }
@@ -632,7 +646,7 @@ impl Replica {
             return Err(ProposeError::Overloaded);
         }
         let id = EntryId {
-            epoch: master.epoch,
+            epoch: master.epoch(),
             seq: master.next_seq,
         };
         master.next_seq += 1;

@@ -67,6 +67,24 @@ impl Cluster {
         cluster
     }
 
+    /// Submits `data` at `node`, which must take it (it is master).
+    fn propose_at(&mut self, node: NodeId, data: Vec<u8>) {
+        self.nodes
+            .get_mut(&node)
+            .expect("exists")
+            .propose(data)
+            .expect("the master takes submits");
+    }
+
+    /// Some replica other than `node`.
+    fn other_than(&self, node: NodeId) -> NodeId {
+        self.nodes
+            .keys()
+            .copied()
+            .find(|n| *n != node)
+            .expect("a second replica")
+    }
+
     fn isolate(&mut self, node: NodeId) {
         for other in self.nodes.keys().copied().collect::<Vec<_>>() {
             if other != node {
@@ -200,12 +218,7 @@ fn pml_2_a_master_is_elected_and_submits_are_chosen_in_order_everywhere() {
 #[test]
 fn pml_2_promises_and_votes_leave_only_after_their_records_are_durable() {
     let (mut cluster, master) = Cluster::elected();
-    cluster
-        .nodes
-        .get_mut(&master)
-        .expect("exists")
-        .propose(vec![9])
-        .expect("submit");
+    cluster.propose_at(master, vec![9]);
     cluster.pump();
     let votes: Vec<_> = cluster
         .sent
@@ -223,12 +236,7 @@ fn pml_2_promises_and_votes_leave_only_after_their_records_are_durable() {
 fn pml_5_2_a_leased_master_is_not_deposed_by_a_returning_replica_with_a_high_ballot() {
     let (mut cluster, master) = Cluster::elected();
     let epoch = cluster.nodes[&master].epoch();
-    let follower = cluster
-        .nodes
-        .keys()
-        .copied()
-        .find(|n| *n != master)
-        .expect("a follower");
+    let follower = cluster.other_than(master);
     let promised = cluster.nodes[&follower].promised();
     // A replica that was away tries to take over with a far higher ballot.
     let intruder = cluster
@@ -306,12 +314,7 @@ fn pml_5_3_a_submit_fails_with_epoch_changed_when_mastership_is_lost_before_it_i
     let (mut cluster, old) = Cluster::elected();
     cluster.isolate(old);
     let epoch = cluster.nodes[&old].epoch().expect("master has an epoch");
-    cluster
-        .nodes
-        .get_mut(&old)
-        .expect("exists")
-        .propose(vec![7])
-        .expect("still believes it is master");
+    cluster.propose_at(old, vec![7]);
     cluster.tick(1_000);
     assert_ne!(
         cluster.master(),
@@ -333,20 +336,10 @@ fn pml_5_3_a_submit_fails_with_epoch_changed_when_mastership_is_lost_before_it_i
 fn pml_5_1_a_rebuilt_replica_catches_up_without_voting_then_votes_under_a_new_incarnation() {
     let (mut cluster, master) = Cluster::elected();
     for i in 0..20u8 {
-        cluster
-            .nodes
-            .get_mut(&master)
-            .expect("exists")
-            .propose(vec![i])
-            .expect("submit");
+        cluster.propose_at(master, vec![i]);
     }
     cluster.tick(10);
-    let lost = cluster
-        .nodes
-        .keys()
-        .copied()
-        .find(|n| *n != master)
-        .expect("a follower");
+    let lost = cluster.other_than(master);
     let peers: Vec<NodeId> = cluster.nodes.keys().copied().collect();
     cluster
         .nodes
@@ -382,12 +375,7 @@ fn pml_5_1_a_rebuilt_replica_catches_up_without_voting_then_votes_under_a_new_in
         .config()
         .is_voter(lost, paxos_core::Incarnation(2)));
     assert!(cluster.sent.len() > sent_before);
-    cluster
-        .nodes
-        .get_mut(&master)
-        .expect("exists")
-        .propose(vec![99])
-        .expect("submit");
+    cluster.propose_at(master, vec![99]);
     cluster.tick(10);
     assert_eq!(
         cluster.app_values(lost).last(),
@@ -404,20 +392,10 @@ fn pml_5_1_a_rebuilt_replica_catches_up_without_voting_then_votes_under_a_new_in
 #[test]
 fn pml_5_5_a_replica_behind_a_truncated_log_is_told_to_fetch_the_snapshot() {
     let (mut cluster, master) = Cluster::elected();
-    let behind = cluster
-        .nodes
-        .keys()
-        .copied()
-        .find(|n| *n != master)
-        .expect("follower");
+    let behind = cluster.other_than(master);
     cluster.isolate(behind);
     for i in 0..30u8 {
-        cluster
-            .nodes
-            .get_mut(&master)
-            .expect("exists")
-            .propose(vec![i])
-            .expect("submit");
+        cluster.propose_at(master, vec![i]);
         cluster.pump();
     }
     cluster.tick(5);
@@ -446,12 +424,7 @@ fn pml_5_5_a_replica_behind_a_truncated_log_is_told_to_fetch_the_snapshot() {
         .get_mut(&behind)
         .expect("exists")
         .handle_snapshot_installed(handle.clone());
-    cluster
-        .nodes
-        .get_mut(&master)
-        .expect("exists")
-        .propose(vec![200])
-        .expect("submit");
+    cluster.propose_at(master, vec![200]);
     cluster.tick(30);
     assert!(
         cluster.nodes[&behind].chosen_through() > handle.slot,

@@ -350,11 +350,11 @@ impl Sim {
         }
         sim.schedule(sim.options.submit_interval_ns, Event::Submit);
         sim.schedule(20 * MS, Event::Read);
-        let crash_at = sim.exp(sim.options.crash_mean_interval_ns);
+        let crash_at = sim.spread_around(sim.options.crash_mean_interval_ns);
         sim.schedule(crash_at, Event::Crash { node: usize::MAX });
-        let partition_at = sim.exp(sim.options.partition_mean_interval_ns);
+        let partition_at = sim.spread_around(sim.options.partition_mean_interval_ns);
         sim.schedule(partition_at, Event::Partition);
-        let membership_at = sim.exp(sim.options.membership_mean_interval_ns);
+        let membership_at = sim.spread_around(sim.options.membership_mean_interval_ns);
         sim.schedule(membership_at, Event::Membership);
         if sim.options.mode == Mode::Liveness {
             sim.schedule(sim.options.fault_phase_ns, Event::StartLiveness);
@@ -494,8 +494,8 @@ impl Sim {
         });
     }
 
-    fn exp(&mut self, mean: u64) -> u64 {
-        // A rough exponential: uniform in [0, 2 * mean).
+    /// A random interval averaging `mean`: uniform in `[0, 2 * mean)`.
+    fn spread_around(&mut self, mean: u64) -> u64 {
         self.rng.below(2 * mean.max(1))
     }
 
@@ -553,7 +553,7 @@ impl Sim {
             Event::Crash { node } => self.on_crash(node),
             Event::Restart { node } => self.on_restart(node),
             Event::Partition => self.on_partition(),
-            Event::Heal => self.heal_network(),
+            Event::Heal => self.heal_links(),
             Event::Submit => self.on_submit(),
             Event::Read => self.on_read(),
             Event::Membership => self.on_membership(),
@@ -1079,7 +1079,7 @@ impl Sim {
         if !self.faults_on {
             return;
         }
-        let next = self.exp(self.options.crash_mean_interval_ns);
+        let next = self.spread_around(self.options.crash_mean_interval_ns);
         self.schedule(next, Event::Crash { node: usize::MAX });
         let alive: Vec<usize> = (0..self.nodes.len())
             .filter(|i| self.nodes[*i].engine.is_some() && !self.nodes[*i].retired)
@@ -1283,7 +1283,7 @@ impl Sim {
         if !self.faults_on {
             return;
         }
-        let next = self.exp(self.options.partition_mean_interval_ns);
+        let next = self.spread_around(self.options.partition_mean_interval_ns);
         self.schedule(next, Event::Partition);
         self.stats.partitions += 1;
         let count = self.nodes.len();
@@ -1360,15 +1360,11 @@ impl Sim {
         }
     }
 
-    fn heal_network(&mut self) {
-        self.heal_links();
-    }
-
     fn on_membership(&mut self) {
         if !self.faults_on {
             return;
         }
-        let next = self.exp(self.options.membership_mean_interval_ns);
+        let next = self.spread_around(self.options.membership_mean_interval_ns);
         self.schedule(next, Event::Membership);
         let Some(master) = self.master_index() else {
             return;
