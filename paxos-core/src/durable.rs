@@ -140,6 +140,45 @@ impl DurableState {
         state.ok_or(RecoverError::NoIdentity)
     }
 
+    /// The records that rebuild exactly this state through [`DurableState::recover`]: what storage
+    /// writes at the head of a fresh segment when it compacts the log after a snapshot.
+    pub fn to_records(&self) -> Vec<Record> {
+        let mut records = Vec::with_capacity(self.log.len() + 4);
+        if self.rebuilding {
+            records.push(Record::RebuildBegan {
+                node: self.node,
+                incarnation: self.incarnation,
+            });
+        } else {
+            records.push(Record::Bootstrap {
+                node: self.node,
+                incarnation: self.incarnation,
+                membership: self.snapshot.membership.clone(),
+            });
+        }
+        records.push(Record::Promised(self.promised));
+        records.push(Record::Snapshot(self.snapshot.clone()));
+        for (slot, state) in &self.log {
+            records.push(match state {
+                SlotState::Accepted { ballot, value } => Record::Accepted {
+                    slot: *slot,
+                    ballot: *ballot,
+                    value: value.clone(),
+                },
+                SlotState::Chosen { value } => Record::Chosen {
+                    slot: *slot,
+                    value: value.clone(),
+                },
+            });
+        }
+        records
+    }
+
+    /// Folds one more record into the state, as `recover` does (storage keeps a live copy this way).
+    pub fn apply(&mut self, record: &Record) -> Result<(), RecoverError> {
+        self.fold(record)
+    }
+
     fn fold(&mut self, record: &Record) -> Result<(), RecoverError> {
         match record {
             Record::Bootstrap { .. } => {
@@ -250,6 +289,8 @@ mod tests {
         assert_eq!(state.promised, b2);
         assert_eq!(state.snapshot.slot, Slot(1));
         assert_eq!(state.log.keys().copied().collect::<Vec<_>>(), vec![Slot(2)]);
+        let compacted = DurableState::recover(&state.to_records()).unwrap();
+        assert_eq!(compacted, state);
     }
 
     #[test]

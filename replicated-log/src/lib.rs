@@ -9,3 +9,7 @@
 //! - transport: QUIC (quinn) with mutual TLS (rustls), behind a trait the simulator can stand in for;
 //! - driver: a tokio task per replica that owns the engine and executes its actions in order;
 //! - public API: submit, ordered apply, lease status, snapshot handles, membership, status and metrics.
+
+pub mod storage;
+pub mod transport;
+pub mod wire;
