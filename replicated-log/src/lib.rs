@@ -11,5 +11,6 @@
 //! - public API: submit, ordered apply, lease status, snapshot handles, membership, status and metrics.
 
 pub mod storage;
+pub mod tls;
 pub mod transport;
 pub mod wire;
