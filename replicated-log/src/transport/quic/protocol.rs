@@ -1,0 +1,63 @@
+//! What travels on the QUIC streams besides [`crate::wire::PeerMessage`]s.
+//!
+//! Every stream a replica opens starts with a [`Hello`] frame (see [`crate::transport::frame`]):
+//! - a unidirectional stream with `StreamKind::Messages` then carries `PeerMessage` frames, one
+//!   long-lived stream per connection;
+//! - a bidirectional stream with `StreamKind::Snapshot` asks for a snapshot; the answer is a
+//!   [`SnapshotHeader`] frame, then for a file its bytes in chunks (see
+//!   [`super::snapshot`]).
+//!
+//! The receiver checks the hello against the peer's TLS certificate before it reads anything
+//! else: the cluster must be its own and the certificate must be valid for the claimed node.
+
+use crate::wire::ClusterId;
+use paxos_core::{NodeId, Slot};
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any incompatible change to the stream protocol. The ALPN names the protocol family;
+/// this lets a mismatch be reported precisely instead of as garbage.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest hello or snapshot header frame.
+pub const CONTROL_FRAME_BYTES_MAX: u32 = 1024;
+
+/// QUIC application error codes used to close connections and stop streams.
+pub mod codes {
+    /// Orderly close (shutdown, peer removed).
+    pub const CLOSED: u32 = 0;
+    /// The hello named another cluster, or a node the certificate does not prove.
+    pub const IDENTITY_REFUSED: u32 = 1;
+    /// A frame did not decode; the stream is closed.
+    pub const DECODE_ERROR: u32 = 2;
+    /// A stream of the wrong kind or direction, or an unsupported protocol version.
+    pub const PROTOCOL_ERROR: u32 = 3;
+    /// The snapshot source failed while serving.
+    pub const SNAPSHOT_FAILED: u32 = 4;
+}
+
+/// First frame of every stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    pub cluster: ClusterId,
+    /// The node the sender claims to be; its certificate must be valid for this node's name.
+    pub node: NodeId,
+    pub stream: StreamKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamKind {
+    /// Unidirectional: `PeerMessage` frames follow.
+    Messages,
+    /// Bidirectional: a request for the newest snapshot covering at least `min_slot`.
+    Snapshot { min_slot: Slot },
+}
+
+/// The first frame of a snapshot response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotHeader {
+    /// No snapshot covers the requested slot.
+    None,
+    /// A file of `bytes` bytes follows in chunks.
+    File { bytes: u64 },
+}
