@@ -160,7 +160,8 @@ impl Replica {
         }
         // A candidate far behind our chosen prefix learns it first instead of receiving a huge
         // promise (and one too long to send is never sent).
-        let too_long = self.log.range(prepare.from..).count() > crate::limits::PROMISE_ENTRIES_MAX;
+        let too_long = self.log.len() > crate::limits::PROMISE_ENTRIES_MAX
+            && self.log.range_from(prepare.from).count() > crate::limits::PROMISE_ENTRIES_MAX;
         if too_long || self.chosen_through.0 > prepare.from.0 + self.settings.window_slots {
             self.serve_catch_up(from, prepare.from);
             return;
@@ -177,7 +178,7 @@ impl Replica {
         self.heard_master(prepare.ballot);
         let entries = self
             .log
-            .range(prepare.from..)
+            .range_from(prepare.from)
             .map(|(slot, state)| {
                 let reported = match state {
                     SlotState::Accepted { ballot, value } => Reported::Accepted {
@@ -188,7 +189,7 @@ impl Replica {
                         value: value.clone(),
                     },
                 };
-                (*slot, reported)
+                (slot, reported)
             })
             .collect();
         let promise = Promise {
@@ -224,7 +225,7 @@ impl Replica {
                 records.push(Record::Promised(accept.ballot));
             }
             let already_chosen = accept.slot <= self.snapshot.slot
-                || self.log.get(&accept.slot).is_some_and(SlotState::is_chosen);
+                || self.log.get(accept.slot).is_some_and(SlotState::is_chosen);
             if !already_chosen {
                 self.log.insert(
                     accept.slot,
@@ -320,7 +321,6 @@ impl Replica {
             from: self.chosen_through.next(),
             lease_tick,
         };
-        let members = self.members();
-        self.send_all(&members, Message::Prepare(prepare));
+        self.send_to_members(Message::Prepare(prepare));
     }
 }

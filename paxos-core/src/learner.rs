@@ -28,7 +28,7 @@ impl Replica {
         let ignore_ballot = self.bugs().learn_ignores_ballot;
         let mut slot = self.chosen_through.next();
         while slot <= through {
-            match self.log.get(&slot) {
+            match self.log.get(slot) {
                 Some(SlotState::Accepted { ballot: b, value }) if *b == ballot || ignore_ballot => {
                     let value = value.clone();
                     self.record_chosen(slot, value);
@@ -45,7 +45,7 @@ impl Replica {
     }
 
     pub(crate) fn record_chosen(&mut self, slot: Slot, value: Value) {
-        if slot <= self.snapshot.slot || self.log.get(&slot).is_some_and(SlotState::is_chosen) {
+        if slot <= self.snapshot.slot || self.log.get(slot).is_some_and(SlotState::is_chosen) {
             return;
         }
         self.log.insert(
@@ -59,7 +59,7 @@ impl Replica {
 
     /// Extends the chosen prefix over every contiguous chosen slot, applying each in order.
     pub(crate) fn advance_chosen(&mut self) {
-        while let Some(SlotState::Chosen { value }) = self.log.get(&self.chosen_through.next()) {
+        while let Some(SlotState::Chosen { value }) = self.log.get(self.chosen_through.next()) {
             let value = value.clone();
             self.chosen_through = self.chosen_through.next();
             let slot = self.chosen_through;
@@ -73,9 +73,13 @@ impl Replica {
         self.known_chosen = self.known_chosen.max(self.chosen_through);
         if let Role::Master(master) = &mut self.role {
             let chosen = self.chosen_through;
-            master.in_flight.retain(|slot, _| *slot > chosen);
+            master.in_flight.remove_through(chosen);
         }
+        let configs = self.membership.entries.len();
         self.membership.forget_before(self.chosen_through.next());
+        if self.membership.entries.len() != configs {
+            self.membership_changed();
+        }
         self.check_rebuild_progress();
     }
 
@@ -106,6 +110,7 @@ impl Replica {
         if changed {
             self.membership
                 .push(slot.plus(self.settings.window_slots), config);
+            self.membership_changed();
         }
         refused
     }
@@ -140,7 +145,8 @@ impl Replica {
         }
         if self.known_chosen > self.chosen_through {
             // Ask the master most of the time, a random member otherwise: the master may be gone.
-            let members = self.members();
+            self.refresh_window_peers();
+            let members = &self.window_peers.members;
             let random = members
                 .get(self.rng.below(members.len() as u64) as usize)
                 .copied();
@@ -172,9 +178,10 @@ impl Replica {
         }
         let entries: Vec<(Slot, Value)> = self
             .log
-            .range(from..=self.chosen_through)
+            .range_from(from)
+            .take_while(|(slot, _)| *slot <= self.chosen_through)
             .take(limits::CATCH_UP_ENTRIES_MAX)
-            .map(|(slot, state)| (*slot, state.value().clone()))
+            .map(|(slot, state)| (slot, state.value().clone()))
             .collect();
         if entries.is_empty() {
             return;
@@ -225,9 +232,10 @@ impl Replica {
             handle.slot > self.chosen_through,
             "installed a snapshot that is not ahead: check wants_snapshot first"
         );
-        self.log = self.log.split_off(&handle.slot.next());
+        self.log.remove_through(handle.slot);
         self.chosen_through = handle.slot;
         self.membership = handle.membership.clone();
+        self.membership_changed();
         self.snapshot = handle.clone();
         self.persist(vec![Record::Snapshot(handle)], Vec::new());
         if let Role::Master(_) = self.role {
@@ -426,6 +434,7 @@ impl Replica {
         if snapshot.slot == Slot::ZERO {
             // The source never truncated: replay from slot 1 on the bootstrap membership.
             self.membership = snapshot.membership.clone();
+            self.membership_changed();
             self.snapshot = snapshot.clone();
             // Remembered so a restart mid-rebuild resumes on the right membership.
             self.persist(vec![Record::Snapshot(snapshot)], Vec::new());

@@ -35,6 +35,7 @@ mod acceptor;
 mod learner;
 mod master;
 mod replica;
+mod slot_map;
 
 pub use action::{Action, Outgoing, ProposeError, RoleKind};
 pub use durable::{DurableState, Record, RecoverError};

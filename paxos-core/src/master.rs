@@ -6,7 +6,8 @@ use crate::durable::SlotState;
 use crate::message::{
     Accept, Accepted, Heartbeat, HeartbeatAck, Message, Nack, Prepare, Promise, Reported,
 };
-use crate::replica::{InFlight, Master, Replica, Role, Voter};
+use crate::replica::{queue_sends, InFlight, Master, Outstanding, Replica, Role, Voter};
+use crate::slot_map::SlotMap;
 use crate::types::{
     Ballot, Entry, EntryId, EntryKind, Epoch, MembershipChange, NodeId, Slot, Value,
 };
@@ -74,9 +75,9 @@ impl Replica {
             promises: reports,
             recover_through,
             next_slot: self.chosen_through.next(),
-            in_flight: BTreeMap::new(),
+            in_flight: SlotMap::new(),
             queue: VecDeque::new(),
-            outstanding: BTreeSet::new(),
+            outstanding: Outstanding::new(epoch),
             next_seq: 0,
             lease_rounds: BTreeMap::from([(lease_tick, grantors)]),
             lease_until: 0,
@@ -121,8 +122,8 @@ impl Replica {
             if slot > self.chosen_through.plus(self.settings.window_slots) {
                 return;
             }
-            if self.log.get(&slot).is_some_and(SlotState::is_chosen)
-                || master.in_flight.contains_key(&slot)
+            if self.log.get(slot).is_some_and(SlotState::is_chosen)
+                || master.in_flight.contains(slot)
             {
                 master.next_slot = slot.next();
                 continue;
@@ -224,7 +225,7 @@ impl Replica {
         let Role::Master(master) = &mut self.role else {
             return;
         };
-        let Some(flight) = master.in_flight.get_mut(&slot) else {
+        let Some(flight) = master.in_flight.get_mut(slot) else {
             return;
         };
         flight.sent_at = self.now;
@@ -234,8 +235,12 @@ impl Replica {
             value: flight.value.clone(),
             chosen_through: self.chosen_through,
         };
-        let to: Vec<NodeId> = self.membership.config_at(slot).members().collect();
-        self.send_all(&to, Message::Accept(accept));
+        queue_sends(
+            &mut self.actions,
+            (self.node, self.incarnation),
+            self.membership.config_at(slot).members(),
+            Message::Accept(accept),
+        );
     }
 
     /// Accepts (or votes) lost in the network are sent again.
@@ -251,7 +256,7 @@ impl Replica {
             .in_flight
             .iter()
             .filter(|(_, f)| f.sent_at <= due)
-            .map(|(s, _)| *s)
+            .map(|(s, _)| s)
             .collect();
         for slot in stale {
             self.send_accept(slot);
@@ -288,7 +293,7 @@ impl Replica {
             return;
         };
         for entry in value.entries.iter() {
-            if master.outstanding.remove(&entry.id) {
+            if master.outstanding.remove(entry.id) {
                 self.actions
                     .push_back(Action::Committed { id: entry.id, slot });
             }
@@ -302,7 +307,7 @@ impl Replica {
         if accepted.ballot != master.ballot {
             return;
         }
-        let Some(flight) = master.in_flight.get_mut(&accepted.slot) else {
+        let Some(flight) = master.in_flight.get_mut(accepted.slot) else {
             return;
         };
         if !flight.votes.contains(&voter) {
@@ -312,7 +317,7 @@ impl Replica {
         if config.count_voters(&flight.votes) < config.quorum() {
             return;
         }
-        let flight = master.in_flight.remove(&accepted.slot).expect("present");
+        let flight = master.in_flight.remove(accepted.slot).expect("present");
         self.record_chosen(accepted.slot, flight.value);
         self.advance_chosen();
         self.fill_window();
@@ -408,7 +413,6 @@ impl Replica {
     }
 
     pub(crate) fn send_heartbeats(&mut self) {
-        let members = self.members();
         let Role::Master(master) = &mut self.role else {
             return;
         };
@@ -419,7 +423,7 @@ impl Replica {
             lease_tick: self.now,
             chosen_through: self.chosen_through,
         };
-        self.send_all(&members, Message::Heartbeat(heartbeat));
+        self.send_to_members(Message::Heartbeat(heartbeat));
     }
 
     pub(crate) fn submit_internal(&mut self, kind: EntryKind) {
@@ -447,7 +451,7 @@ impl Replica {
             return;
         };
         for entry in value.entries.iter() {
-            if master.outstanding.remove(&entry.id) {
+            if master.outstanding.remove(entry.id) {
                 match refused.iter().find(|(id, _)| *id == entry.id) {
                     Some((id, why)) => self.actions.push_back(Action::Failed {
                         id: *id,

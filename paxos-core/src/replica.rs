@@ -8,6 +8,7 @@ use crate::durable::{DurableState, Record, SlotState};
 use crate::message::{Envelope, Message};
 use crate::rng::Rng;
 use crate::settings::Settings;
+use crate::slot_map::SlotMap;
 use crate::types::{
     Ballot, Config, Entry, EntryId, EntryKind, Epoch, Incarnation, MembershipChange, MembershipLog,
     NodeId, Slot, SnapshotHandle, Value,
@@ -74,6 +75,99 @@ pub(crate) struct InFlight {
     pub sent_at: u64,
 }
 
+/// Submits not yet acknowledged or failed. Those of the master's own epoch are numbered in the
+/// order they were taken, so a run of flags indexed by sequence number holds them; answers come
+/// roughly in that order, so the run stays short.
+#[derive(Default)]
+pub(crate) struct Outstanding {
+    epoch: Option<Epoch>,
+    /// The sequence number of `open[0]`.
+    first_seq: u64,
+    /// `open[i]`: submit `first_seq + i` of `epoch` is outstanding. Invariant: empty or
+    /// `open[0]` is set.
+    open: VecDeque<bool>,
+    /// Submits of earlier epochs (only with the planted bug `keep_proposals_across_epochs`).
+    older: BTreeSet<EntryId>,
+}
+
+impl Outstanding {
+    pub(crate) fn new(epoch: Epoch) -> Outstanding {
+        Outstanding {
+            epoch: Some(epoch),
+            ..Outstanding::default()
+        }
+    }
+
+    pub(crate) fn insert(&mut self, id: EntryId) {
+        if Some(id.epoch) != self.epoch {
+            self.older.insert(id);
+            return;
+        }
+        if self.open.is_empty() {
+            self.first_seq = id.seq;
+        }
+        assert!(id.seq >= self.first_seq, "submits are numbered in order");
+        let index = usize::try_from(id.seq - self.first_seq).expect("fits in memory");
+        if index >= self.open.len() {
+            self.open.resize(index + 1, false);
+        }
+        self.open[index] = true;
+    }
+
+    /// Removes `id`; true if it was outstanding.
+    pub(crate) fn remove(&mut self, id: EntryId) -> bool {
+        if Some(id.epoch) != self.epoch {
+            return self.older.remove(&id);
+        }
+        let Some(index) = id
+            .seq
+            .checked_sub(self.first_seq)
+            .and_then(|i| usize::try_from(i).ok())
+        else {
+            return false;
+        };
+        match self.open.get_mut(index) {
+            Some(open) if *open => *open = false,
+            _ => return false,
+        }
+        while self.open.front() == Some(&false) {
+            self.open.pop_front();
+            self.first_seq += 1;
+        }
+        true
+    }
+
+    /// Every outstanding submit, in id order.
+    pub(crate) fn into_sorted(self) -> Vec<EntryId> {
+        let mut ids: Vec<EntryId> = self.older.into_iter().collect();
+        if let Some(epoch) = self.epoch {
+            let first_seq = self.first_seq;
+            ids.extend(
+                self.open
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, open)| **open)
+                    .map(|(i, _)| EntryId {
+                        epoch,
+                        seq: first_seq + i as u64,
+                    }),
+            );
+        }
+        ids.sort();
+        ids
+    }
+}
+
+/// The members and the voters of every config in the window, each sorted and without repeats:
+/// where broadcasts go and whom elections ask. Recomputed only when the window's configs change.
+#[derive(Default)]
+pub(crate) struct WindowPeers {
+    /// The membership version and the range of `membership.entries` these were computed from.
+    key: Option<(u64, usize, usize)>,
+    pub members: Vec<NodeId>,
+    pub voters: Vec<NodeId>,
+}
+
 /// A master's state, owned by the `Role::Master` variant.
 pub(crate) struct Master {
     pub ballot: Ballot,
@@ -82,11 +176,11 @@ pub(crate) struct Master {
     /// The highest slot any promise reported: lease reads wait until it is chosen.
     pub recover_through: Slot,
     pub next_slot: Slot,
-    pub in_flight: BTreeMap<Slot, InFlight>,
+    pub in_flight: SlotMap<InFlight>,
     /// Submits not yet in a slot.
     pub queue: VecDeque<Entry>,
     /// Submits of this epoch not yet acknowledged or failed.
-    pub outstanding: BTreeSet<EntryId>,
+    pub outstanding: Outstanding,
     pub next_seq: u64,
     /// Lease requests by the tick they were sent: who granted each.
     pub lease_rounds: BTreeMap<u64, BTreeSet<Voter>>,
@@ -138,10 +232,14 @@ pub struct Replica {
     pub(crate) promised: Ballot,
     pub(crate) max_ballot_seen: Ballot,
     /// Slots after `snapshot.slot`.
-    pub(crate) log: BTreeMap<Slot, SlotState>,
+    pub(crate) log: SlotMap<SlotState>,
     pub(crate) snapshot: SnapshotHandle,
-    /// Configs for slots after `chosen_through`, as decided by the chosen prefix.
+    /// Configs for slots after `chosen_through`, as decided by the chosen prefix. Changed only
+    /// through `membership_changed` paths, which bump `membership_version`.
     pub(crate) membership: MembershipLog,
+    /// Bumped on every change of `membership`: the key of `window_peers`.
+    pub(crate) membership_version: u64,
+    pub(crate) window_peers: WindowPeers,
     /// Invariant: every slot up to here is chosen and was emitted as `Apply`; `snapshot.slot <= chosen_through`.
     pub(crate) chosen_through: Slot,
     /// The highest chosen prefix any peer announced.
@@ -198,12 +296,14 @@ impl Replica {
             now: 0,
             promised: Ballot::ZERO,
             max_ballot_seen: Ballot::ZERO,
-            log: BTreeMap::new(),
+            log: SlotMap::new(),
             snapshot: SnapshotHandle {
                 slot: Slot::ZERO,
                 membership: membership.clone(),
             },
             membership,
+            membership_version: 0,
+            window_peers: WindowPeers::default(),
             chosen_through: Slot::ZERO,
             known_chosen: Slot::ZERO,
             lease_granted: None,
@@ -279,7 +379,7 @@ impl Replica {
         replica.max_ballot_seen = state.promised;
         replica.snapshot = state.snapshot;
         replica.chosen_through = replica.snapshot.slot;
-        replica.log = state.log;
+        replica.log = state.log.into_iter().collect();
         replica.restart_guard_until = replica.settings.lease_ticks + 1;
         replica.advance_chosen();
         replica
@@ -413,7 +513,7 @@ impl Replica {
         if handle.slot <= self.snapshot.slot {
             return;
         }
-        self.log = self.log.split_off(&handle.slot.next());
+        self.log.remove_through(handle.slot);
         self.snapshot = handle.clone();
         self.persist(vec![Record::Snapshot(handle)], Vec::new());
     }
@@ -533,12 +633,23 @@ impl Replica {
     }
 
     pub(crate) fn send_all(&mut self, to: &[NodeId], message: Message) {
-        if let Some((last, rest)) = to.split_last() {
-            for node in rest {
-                self.send(*node, message.clone());
-            }
-            self.send(*last, message);
-        }
+        queue_sends(
+            &mut self.actions,
+            (self.node, self.incarnation),
+            to.iter().copied(),
+            message,
+        );
+    }
+
+    /// Sends `message` to every member of every config in the window.
+    pub(crate) fn send_to_members(&mut self, message: Message) {
+        self.refresh_window_peers();
+        queue_sends(
+            &mut self.actions,
+            (self.node, self.incarnation),
+            self.window_peers.members.iter().copied(),
+            message,
+        );
     }
 
     pub(crate) fn persist(&mut self, records: Vec<Record>, messages: Vec<Outgoing>) {
@@ -558,22 +669,49 @@ impl Replica {
         self.persist(vec![record], Vec::new());
     }
 
-    /// Every member of every config in force from the next unchosen slot on (where messages go).
     /// Every voter of every config in the window (whom elections ask).
-    pub(crate) fn window_voters(&self) -> Vec<NodeId> {
-        let voters: BTreeSet<NodeId> = self
-            .window_configs()
-            .flat_map(|c| c.voters.keys().copied())
-            .collect();
-        voters.into_iter().collect()
+    pub(crate) fn window_voters(&mut self) -> Vec<NodeId> {
+        self.refresh_window_peers();
+        self.window_peers.voters.clone()
     }
 
-    pub(crate) fn members(&self) -> Vec<NodeId> {
-        let mut members: BTreeSet<NodeId> = BTreeSet::new();
-        for config in self.window_configs() {
-            members.extend(config.members());
+    /// Recomputes `window_peers` if the configs in the window changed.
+    pub(crate) fn refresh_window_peers(&mut self) {
+        let (first, end) = self.window_config_range();
+        let key = (self.membership_version, first, end);
+        if self.window_peers.key == Some(key) {
+            return;
         }
-        members.into_iter().collect()
+        let configs = &self.membership.entries[first..end];
+        let members: BTreeSet<NodeId> = configs.iter().flat_map(|(_, c)| c.members()).collect();
+        let voters: BTreeSet<NodeId> = configs
+            .iter()
+            .flat_map(|(_, c)| c.voters.keys().copied())
+            .collect();
+        self.window_peers = WindowPeers {
+            key: Some(key),
+            members: members.into_iter().collect(),
+            voters: voters.into_iter().collect(),
+        };
+    }
+
+    /// Which entries of the membership log are the window's configs (as `configs_between`).
+    fn window_config_range(&self) -> (usize, usize) {
+        let from = self.chosen_through.next();
+        let to = self.chosen_through.plus(self.settings.window_slots);
+        let entries = &self.membership.entries;
+        let first = entries
+            .partition_point(|(start, _)| *start <= from)
+            .saturating_sub(1);
+        let end = entries
+            .partition_point(|(start, _)| *start <= to)
+            .max(first);
+        (first, end)
+    }
+
+    /// Call after every change of `membership`.
+    pub(crate) fn membership_changed(&mut self) {
+        self.membership_version += 1;
     }
 
     /// The configs in force for the slots a master may have in flight.
@@ -629,7 +767,7 @@ impl Replica {
             }
             return;
         }
-        for id in master.outstanding {
+        for id in master.outstanding.into_sorted() {
             self.actions.push_back(Action::Failed {
                 id,
                 error: ProposeError::EpochChanged { submitted: epoch },
@@ -688,13 +826,13 @@ impl Replica {
             self.max_ballot_seen >= self.promised,
             "promise above the highest ballot seen"
         );
-        if let Some((first, _)) = self.log.first_key_value() {
+        if let Some((first, _)) = self.log.first() {
             assert!(
-                *first > self.snapshot.slot,
+                first > self.snapshot.slot,
                 "log holds a slot behind the snapshot"
             );
         }
-        if let Some(state) = self.log.get(&self.chosen_through.next()) {
+        if let Some(state) = self.log.get(self.chosen_through.next()) {
             assert!(
                 !state.is_chosen(),
                 "chosen prefix not advanced over a chosen slot"
@@ -710,15 +848,10 @@ impl Replica {
                 "master ballot above the highest seen"
             );
             // In flight: strictly inside the window (the map is ordered: its ends suffice).
-            if let (Some((first, _)), Some((last, _))) =
-                (m.in_flight.first_key_value(), m.in_flight.last_key_value())
-            {
+            if let (Some((first, _)), Some((last, _))) = (m.in_flight.first(), m.in_flight.last()) {
+                assert!(first > self.chosen_through, "a chosen slot still in flight");
                 assert!(
-                    *first > self.chosen_through,
-                    "a chosen slot still in flight"
-                );
-                assert!(
-                    *last <= self.chosen_through.plus(self.settings.window_slots),
+                    last <= self.chosen_through.plus(self.settings.window_slots),
                     "slot beyond the window"
                 );
             }
@@ -727,5 +860,32 @@ impl Replica {
             !(self.rebuild.is_some() && matches!(self.role, Role::Master(_))),
             "rebuilding master"
         );
+    }
+}
+
+/// Queues `message` for each of `to`, moving it into the last one.
+pub(crate) fn queue_sends(
+    actions: &mut VecDeque<Action>,
+    (from, incarnation): (NodeId, Incarnation),
+    to: impl Iterator<Item = NodeId>,
+    message: Message,
+) {
+    let mut to = to.peekable();
+    let mut message = Some(message);
+    while let Some(node) = to.next() {
+        let message = if to.peek().is_some() {
+            message.clone()
+        } else {
+            message.take()
+        };
+        let message = message.expect("moved only into the last send");
+        actions.push_back(Action::Send(Outgoing {
+            to: node,
+            envelope: Envelope {
+                from,
+                incarnation,
+                message,
+            },
+        }));
     }
 }

@@ -8,6 +8,7 @@
 //! Run one seed: `cargo run -p tests --release --bin sim -- --seed 42`; sweep: `--seeds 500`.
 
 pub mod app;
+pub mod hash;
 pub mod oracle;
 pub mod sim;
 pub mod sweep;

@@ -6,7 +6,6 @@ use crate::app::chain;
 use paxos_core::{
     Ballot, Config, EntryId, EntryKind, Incarnation, MembershipLog, NodeId, Slot, Value,
 };
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// Which checker found a violation. Each one has a teeth test with a planted bug.
@@ -109,8 +108,9 @@ impl<T> SlotMap<T> {
 }
 
 struct SlotVotes {
-    /// Durable accepts by ballot: the value and who accepted it.
-    by_ballot: BTreeMap<Ballot, (Value, BTreeSet<Voter>)>,
+    /// Durable accepts by ballot, in ballot order: the value and who accepted it (each voter once).
+    /// A slot sees a ballot or two and a handful of voters: vectors beat trees here.
+    by_ballot: Vec<(Ballot, Value, Vec<Voter>)>,
 }
 
 #[allow(missing_debug_implementations)]
@@ -182,18 +182,29 @@ impl Oracle {
         value: &Value,
     ) {
         let votes = self.votes.get_or_insert_with(slot, || SlotVotes {
-            by_ballot: BTreeMap::new(),
+            by_ballot: Vec::new(),
         });
-        let (held, voters) = votes
+        let index = match votes
             .by_ballot
-            .entry(ballot)
-            .or_insert_with(|| (value.clone(), BTreeSet::new()));
+            .binary_search_by_key(&ballot, |(b, _, _)| *b)
+        {
+            Ok(index) => index,
+            Err(index) => {
+                votes
+                    .by_ballot
+                    .insert(index, (ballot, value.clone(), Vec::new()));
+                index
+            }
+        };
+        let (_, held, voters) = &mut votes.by_ballot[index];
         if held != value {
             let detail = format!("two values accepted for {slot} under one ballot {ballot}");
             self.fail(Check::OneValuePerSlot, now, detail);
             return;
         }
-        voters.insert(voter);
+        if !voters.contains(&voter) {
+            voters.push(voter);
+        }
         if self.chosen.get(&slot) == Some(value) {
             return; // more votes for the chosen value change nothing
         }
@@ -209,7 +220,7 @@ impl Oracle {
         };
         let config = self.membership.config_at(slot);
         let mut newly: Option<Value> = None;
-        for (ballot, (value, voters)) in &votes.by_ballot {
+        for (ballot, value, voters) in &votes.by_ballot {
             if config.count_voters(voters) < config.quorum() {
                 continue;
             }

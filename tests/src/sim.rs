@@ -8,6 +8,7 @@
 //! heals every fault and requires progress within a bound. Same seed, same run, bit for bit.
 
 use crate::app::{encode, Fnv, Register};
+use crate::hash::{FastMap, FastSet};
 use crate::oracle::{Check, Oracle, Violation};
 use paxos_core::rng::Rng;
 use paxos_core::{
@@ -225,7 +226,7 @@ struct Node {
     /// Set once the node appeared in the group's config.
     was_member: bool,
     /// Submits this node took that are neither acknowledged nor failed.
-    open_submits: std::collections::BTreeSet<EntryId>,
+    open_submits: FastSet<EntryId>,
     /// Highest incarnation of this node whose state was lost.
     lost_incarnation: Option<Incarnation>,
     /// Lost its state and has not finished rebuilding yet (crashes in between included).
@@ -291,7 +292,7 @@ pub struct Sim {
     faults_on: bool,
     oracle: Oracle,
     /// Submits not yet answered: who took them and when (true time).
-    submits: BTreeMap<EntryId, (usize, u64)>,
+    submits: FastMap<EntryId, (usize, u64)>,
     next_value: u64,
     liveness: Option<Liveness>,
     last_membership_change: u64,
@@ -334,7 +335,7 @@ impl Sim {
             blocked: vec![vec![false; 16]; 16],
             faults_on: true,
             oracle,
-            submits: BTreeMap::new(),
+            submits: FastMap::default(),
             next_value: 1,
             liveness: None,
             last_membership_change: 0,
@@ -759,19 +760,21 @@ impl Sim {
         } else {
             1
         };
-        for _ in 0..copies {
+        let mut envelope = Some(outgoing.envelope);
+        for copy in 1..=copies {
             let span = self.options.delay_max_ns - self.options.delay_min_ns;
             let mut delay = self.options.delay_min_ns + self.rng.below(span);
             if self.faults_on && self.rng.chance(self.options.long_delay_ppm) {
                 delay += self.rng.below(self.options.long_delay_max_ns);
             }
-            self.schedule(
-                delay,
-                Event::Deliver {
-                    to,
-                    envelope: outgoing.envelope.clone(),
-                },
-            );
+            // The last copy takes the envelope itself.
+            let envelope = if copy < copies {
+                envelope.clone()
+            } else {
+                envelope.take()
+            };
+            let envelope = envelope.expect("moved only into the last copy");
+            self.schedule(delay, Event::Deliver { to, envelope });
         }
     }
 
