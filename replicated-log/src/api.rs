@@ -9,6 +9,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Writes a frozen view of the application's state; runs on a blocking thread.
+pub type SnapshotFn = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send>;
+
 /// The application's replicated state. The log calls it from one task, in slot order, exactly once
 /// per chosen entry on this replica (after a restart, from the last snapshot on).
 pub trait StateMachine: Send + 'static {
@@ -21,7 +24,7 @@ pub trait StateMachine: Send + 'static {
 
     /// A frozen view of the state as applied so far, written out on another thread while the log
     /// keeps applying (PML 5.5). Make it cheap: share immutable structure, or copy if small.
-    fn snapshot(&self) -> Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send>;
+    fn snapshot(&self) -> SnapshotFn;
 
     /// Replaces the whole state with a snapshot written by `snapshot` (on this or another replica).
     fn restore(&mut self, snapshot: &mut dyn Read) -> std::io::Result<()>;
@@ -64,6 +67,8 @@ pub struct LogConfig {
     pub submit_timeout: Duration,
     /// Seeds the engine's election jitter.
     pub seed: u64,
+    /// Segment size and preallocation of the write-ahead log.
+    pub storage: crate::storage::StorageOptions,
 }
 
 impl LogConfig {
@@ -86,6 +91,7 @@ impl LogConfig {
             snapshot_every_slots: 100_000,
             submit_timeout: Duration::from_secs(10),
             seed: node.0,
+            storage: Default::default(),
         }
     }
 }
@@ -150,7 +156,9 @@ impl std::error::Error for SubmitError {}
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadError {
     /// Linearizable reads are served by the master under its lease only.
-    NotMaster { hint: Option<NodeId> },
+    NotMaster {
+        hint: Option<NodeId>,
+    },
     /// This replica is master but its lease is not (yet, or any more) valid: retry shortly.
     NoLease,
     ShuttingDown,

@@ -2,7 +2,7 @@
 //! messages and commands, and performs the engine's actions in the order it demands (records durable
 //! before the messages that depend on them leave).
 
-use crate::api::{Committed, LogConfig, Metrics, ReadError, StartMode, StateMachine, Status};
+use crate::api::{Committed, LogConfig, Metrics, ReadError, StateMachine, Status};
 use crate::api::{Role, SubmitError};
 use crate::entry::{self, Entry};
 use crate::storage::{SnapshotReader, SnapshotWriter, StorageError, Vfs};
@@ -64,7 +64,7 @@ pub(crate) struct Driver<M: StateMachine, V: Vfs, T: Transport> {
     pub config: LogConfig,
     pub machine: M,
     pub transport: Arc<T>,
-    pub phase: Phase,
+    phase: Phase,
     pub commands: mpsc::Receiver<Command<M>>,
     pub inbound: mpsc::Receiver<Inbound>,
     pub jobs: mpsc::UnboundedSender<Job<V>>,
@@ -101,7 +101,10 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
         commands: mpsc::Receiver<Command<M>>,
         inbound: mpsc::Receiver<Inbound>,
         jobs: mpsc::UnboundedSender<Job<V>>,
-        done: (mpsc::UnboundedSender<Done<V>>, mpsc::UnboundedReceiver<Done<V>>),
+        done: (
+            mpsc::UnboundedSender<Done<V>>,
+            mpsc::UnboundedReceiver<Done<V>>,
+        ),
         stats: Arc<Mutex<WriterStats>>,
         addresses: BTreeMap<NodeId, SocketAddr>,
         applied_through: Slot,
@@ -685,12 +688,17 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
         let write_state = self.machine.snapshot();
         let addresses = self.addresses.clone();
         let done = self.done_sender();
+        let data_dir = self.config.data_dir.clone();
         tokio::task::spawn_blocking(move || {
             let result = entry::write_snapshot_prefix(&mut writer, &addresses)
                 .and_then(|()| write_state(&mut writer))
-                .map_err(StorageError::from)
+                .map_err(|source| StorageError::Io {
+                    action: "write snapshot",
+                    path: data_dir,
+                    source,
+                })
                 .and_then(|()| writer.finish())
-                .map(|()| handle);
+                .map(|_| handle);
             let _ = done.send(Done::SnapshotTaken(result));
         });
     }
@@ -712,7 +720,10 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
         });
     }
 
-    fn install_snapshot(&mut self, result: Result<(SnapshotHandle, SnapshotReader<V>), StorageError>) {
+    fn install_snapshot(
+        &mut self,
+        result: Result<(SnapshotHandle, SnapshotReader<V>), StorageError>,
+    ) {
         let (handle, mut reader) = match result {
             Ok(opened) => opened,
             Err(error) => {
@@ -828,4 +839,3 @@ pub(crate) fn restore<M: StateMachine>(
     machine.restore(reader)?;
     Ok(addresses)
 }
-

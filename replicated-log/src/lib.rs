@@ -10,7 +10,20 @@
 //! - driver: a tokio task per replica that owns the engine and executes its actions in order;
 //! - public API: submit, ordered apply, lease status, snapshot handles, membership, status and metrics.
 
+pub mod api;
 pub mod storage;
 pub mod tls;
 pub mod transport;
 pub mod wire;
+
+mod driver;
+mod entry;
+mod log;
+mod writer;
+
+pub use api::{
+    Committed, LogConfig, Metrics, OpenError, ReadError, Role, SnapshotFn, StartMode, StateMachine,
+    Status, SubmitError,
+};
+pub use log::Log;
+pub use wire::ClusterId;

@@ -56,14 +56,13 @@ impl<M: StateMachine> Log<M> {
         if let Some(why) = config.settings.invalid() {
             return Err(OpenError::Config(why.to_string()));
         }
-        if config.start == StartMode::Bootstrap && !config.initial_members.contains(&config.node)
-        {
+        if config.start == StartMode::Bootstrap && !config.initial_members.contains(&config.node) {
             return Err(OpenError::Config(format!(
                 "node {} is not among the initial members {:?}: add it with add_learner and start it with StartMode::Join",
                 config.node, config.initial_members
             )));
         }
-        let (mut storage, opened) = Storage::open(vfs, &config.data_dir)?;
+        let (mut storage, opened) = Storage::open(vfs, &config.data_dir, config.storage.clone())?;
         let peers: Vec<NodeId> = config
             .peers
             .keys()
@@ -223,7 +222,11 @@ impl<M: StateMachine> Log<M> {
 
     /// Adds `node`, reachable at `address`, as a non-voting member. Start it with
     /// `StartMode::Join`; it catches up, then [`Log::promote`] makes it vote.
-    pub async fn add_learner(&self, node: NodeId, address: SocketAddr) -> Result<Slot, SubmitError> {
+    pub async fn add_learner(
+        &self,
+        node: NodeId,
+        address: SocketAddr,
+    ) -> Result<Slot, SubmitError> {
         self.change(MembershipChange::AddLearner(node), Some(address))
             .await
     }

@@ -140,9 +140,9 @@ impl<V: Vfs> Writer<V> {
         {
             let mut stats = self.stats.lock().expect("writer stats lock");
             stats.fsyncs += 1;
-            stats.records += report.records as u64;
-            stats.bytes += report.bytes as u64;
-            stats.batch_records_max = stats.batch_records_max.max(report.records as u64);
+            stats.records += report.records;
+            stats.bytes += report.bytes;
+            stats.batch_records_max = stats.batch_records_max.max(report.records);
             let _ = stats.fsync_micros.record(micros.max(1));
         }
         self.refresh_latest();
@@ -178,10 +178,13 @@ impl<V: Vfs> Writer<V> {
                 let _ = self.done.send(Done::SnapshotWriter { handle, writer });
             }
             Job::InstallReceived { path } => {
-                let result = self.storage.install_snapshot_file(&path).and_then(|handle| {
-                    let opened = self.storage.open_snapshot_at(handle.slot)?;
-                    Ok((handle, opened))
-                });
+                let result = self
+                    .storage
+                    .install_snapshot_file(&path)
+                    .and_then(|handle| {
+                        let opened = self.storage.open_snapshot_at(handle.slot)?;
+                        Ok((handle, opened))
+                    });
                 self.refresh_latest();
                 let _ = self.done.send(Done::SnapshotReceived(result));
             }
@@ -193,11 +196,8 @@ impl<V: Vfs> Writer<V> {
         Ok(())
     }
 
-    fn refresh_latest(&self) {
-        let newest = self
-            .storage
-            .snapshot_file(Slot::ZERO)
-            .map(|path| (self.storage.snapshot_slot(), path));
+    pub(crate) fn refresh_latest(&self) {
+        let newest = self.storage.snapshot_files().newest().ok().flatten();
         *self.latest.path.lock().expect("snapshot path lock") = newest;
     }
 }

@@ -706,6 +706,21 @@ impl<V: Vfs> Storage<V> {
         SnapshotReader::open(&self.vfs, &path).map(Some)
     }
 
+    /// The snapshot file taken at exactly `slot`: the one the log's snapshot record names, which is
+    /// what a restart must restore (a newer file may exist if a crash came before its record).
+    pub fn open_snapshot_at(&self, slot: Slot) -> Result<SnapshotReader<V>, StorageError> {
+        self.stop.check()?;
+        let path = self.dir.join(names::snapshot(slot));
+        let (handle, reader) = SnapshotReader::open(&self.vfs, &path)?;
+        if handle.slot != slot {
+            return Err(StorageError::BadSnapshot {
+                path,
+                why: format!("named for slot {slot} but holds slot {}", handle.slot),
+            });
+        }
+        Ok(reader)
+    }
+
     /// A handle on the snapshot files for other threads (the transport serving peers).
     pub fn snapshot_files(&self) -> SnapshotFiles<V> {
         SnapshotFiles::new(self.vfs.clone(), self.dir.clone())

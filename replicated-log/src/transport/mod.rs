@@ -49,6 +49,12 @@ use std::pin::Pin;
 pub trait Transport: Send + Sync + 'static {
     fn send(&self, to: NodeId, message: PeerMessage);
 
+    /// Where `node` can be reached: called at start for every configured peer, and when the log
+    /// learns the address of a member added at run time. Idempotent.
+    fn set_peer(&self, node: NodeId, addr: SocketAddr) {
+        let _ = (node, addr);
+    }
+
     /// Downloads `from`'s newest snapshot file covering at least `min_slot` into `dest` (a temporary
     /// path in the local data directory). The bytes are the peer's snapshot file as stored; the caller
     /// verifies and installs it through storage.

@@ -279,6 +279,10 @@ impl QuicTransport {
 }
 
 impl Transport for QuicTransport {
+    fn set_peer(&self, node: NodeId, addr: SocketAddr) {
+        self.add_peer(node, addr);
+    }
+
     fn send(&self, to: NodeId, message: PeerMessage) {
         let peers = self.inner.lock_peers();
         let queued = peers
