@@ -322,22 +322,27 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
                 if cluster != self.config.cluster {
                     return;
                 }
-                let incarnation = match &self.phase {
-                    Phase::Running(replica) => Some(replica.incarnation()),
-                    Phase::Probing { .. } => None,
+                let (incarnation, pristine) = match &self.phase {
+                    Phase::Running(replica) => (
+                        Some(replica.incarnation()),
+                        !replica.is_rebuilding()
+                            && replica.promised() == paxos_core::Ballot::ZERO
+                            && replica.chosen_through() == Slot::ZERO,
+                    ),
+                    Phase::Probing { .. } => (None, true),
                 };
                 self.send(
                     inbound.from,
                     PeerMessage::IdentityReply {
                         cluster,
                         incarnation,
+                        pristine,
                     },
                 );
             }
             PeerMessage::IdentityReply {
-                cluster,
-                incarnation,
-            } => self.on_identity_reply(inbound.from, cluster, incarnation),
+                cluster, pristine, ..
+            } => self.on_identity_reply(inbound.from, cluster, pristine),
         }
     }
 
@@ -346,8 +351,10 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
         self.transport.send(to, message);
     }
 
-    /// Empty data directory: bootstrap only if every other initial member answers that its data
-    /// directory is empty too; rebuild as soon as one holds state (we were a member and lost ours).
+    /// Empty data directory: bootstrap only if every other initial member answers that it is
+    /// pristine (empty, or bootstrapped without having promised, accepted or learned anything); rebuild
+    /// as soon as one is not (the cluster ran, so we were a member and lost our state). Safe because
+    /// any vote of ours that could have counted left a promise on the disk of whoever asked for it.
     fn probe_peers(&mut self) {
         let others: Vec<NodeId> = self
             .config
@@ -374,23 +381,18 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
         }
     }
 
-    fn on_identity_reply(
-        &mut self,
-        from: NodeId,
-        cluster: crate::wire::ClusterId,
-        incarnation: Option<paxos_core::Incarnation>,
-    ) {
+    fn on_identity_reply(&mut self, from: NodeId, cluster: crate::wire::ClusterId, pristine: bool) {
         if cluster != self.config.cluster {
             return;
         }
         let Phase::Probing { empty, .. } = &mut self.phase else {
             return;
         };
-        match incarnation {
-            None => {
+        match pristine {
+            true => {
                 empty.insert(from);
             }
-            Some(_) => {
+            false => {
                 tracing::warn!(
                     node = %self.config.node,
                     peer = %from,

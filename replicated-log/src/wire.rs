@@ -21,12 +21,16 @@ pub enum PeerMessage {
     /// Engine traffic.
     Paxos(Envelope),
     /// Asked by a replica that starts with an empty data directory: "do you hold state of this
-    /// cluster?" The answer decides between bootstrapping and rebuilding (see `docs/storage-format.md`).
+    /// cluster?" The answer decides between bootstrapping and rebuilding (see `docs/storage-format.md`,
+    /// "An empty data directory").
     IdentityQuery { cluster: ClusterId },
     IdentityReply {
         cluster: ClusterId,
         /// `None`: the peer's data directory is empty too.
         incarnation: Option<Incarnation>,
+        /// The peer has promised, accepted and learned nothing yet: no vote of ours can have
+        /// counted anywhere, so an empty directory here is no loss.
+        pristine: bool,
     },
 }
 

@@ -25,6 +25,7 @@ fn message(cluster: u64, incarnation: Option<u64>) -> PeerMessage {
         Some(n) => PeerMessage::IdentityReply {
             cluster: ClusterId(cluster),
             incarnation: Some(Incarnation(n)),
+            pristine: n % 2 == 0,
         },
     }
 }
