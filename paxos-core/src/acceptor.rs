@@ -219,7 +219,7 @@ impl Replica {
             .config_at(accept.slot)
             .is_voter(self.node, self.incarnation);
         if votes && voter {
-            let mut records = Vec::with_capacity(2);
+            let mut records = self.record_buffer();
             if accept.ballot > self.promised {
                 self.promised = accept.ballot;
                 records.push(Record::Promised(accept.ballot));
@@ -247,7 +247,9 @@ impl Replica {
                     slot: accept.slot,
                 }),
             );
-            self.persist(records, vec![reply]);
+            let mut messages = self.message_buffer();
+            messages.push(reply);
+            self.persist(records, messages);
         }
         self.learn_chosen(from, accept.ballot, accept.chosen_through);
     }

@@ -15,6 +15,11 @@ pub const PENDING_ENTRIES_MAX: usize = 65_536;
 /// Largest membership window (alpha, also the most slots in flight).
 pub const WINDOW_SLOTS_MAX: u64 = 4096;
 
+/// Most emptied `Action::Persist` vectors a replica keeps for reuse, of each kind.
+pub const SPARE_BUFFERS_MAX: usize = 64;
+/// Largest capacity, in elements, of a vector kept for reuse (larger ones are freed).
+pub const SPARE_BUFFER_ENTRIES_MAX: usize = 64;
+
 const _: () = assert!(BATCH_BYTES_MAX <= VALUE_BYTES_MAX);
 const _: () = assert!(BATCH_ENTRIES_MAX <= PENDING_ENTRIES_MAX);
 const _: () = assert!(WINDOW_SLOTS_MAX as usize <= PROMISE_ENTRIES_MAX);

@@ -40,6 +40,9 @@ impl Replica {
             }
             Role::Master(master) if master.ballot == promise.ballot => {
                 // A voter of a later config promised: its reports count for the slots it votes on.
+                if let Some((last, _)) = promise.entries.last() {
+                    master.reports_through = master.reports_through.max(*last);
+                }
                 master
                     .promises
                     .insert(voter, promise.entries.into_iter().collect());
@@ -70,9 +73,16 @@ impl Replica {
         }
         let epoch = Epoch(ballot);
         let grantors: BTreeSet<Voter> = reports.keys().copied().collect();
+        let reports_through = reports
+            .values()
+            .filter_map(|r| r.last_key_value().map(|(slot, _)| *slot))
+            .max()
+            .unwrap_or(Slot::ZERO);
         let mut master = Master {
             ballot,
             promises: reports,
+            reports_through,
+            promised_config: None,
             recover_through,
             next_slot: self.chosen_through.next(),
             in_flight: SlotMap::new(),
@@ -128,15 +138,23 @@ impl Replica {
                 master.next_slot = slot.next();
                 continue;
             }
-            let config = self.membership.config_at(slot);
-            let promised = config
-                .voters
-                .iter()
-                .filter(|(n, i)| master.promises.contains_key(&(**n, **i)))
-                .count();
-            if promised < config.quorum() {
-                self.prepare_missing_voters(slot);
-                return;
+            let entries = &self.membership.entries;
+            let index = entries
+                .partition_point(|(start, _)| *start <= slot)
+                .saturating_sub(1);
+            let (start, config) = &entries[index];
+            let key = (self.membership_version, *start);
+            if master.promised_config != Some(key) {
+                let promised = config
+                    .voters
+                    .iter()
+                    .filter(|(n, i)| master.promises.contains_key(&(**n, **i)))
+                    .count();
+                if promised < config.quorum() {
+                    self.prepare_missing_voters(slot);
+                    return;
+                }
+                master.promised_config = Some(key);
             }
             // A membership change takes effect only once the slots before it are chosen: fill them
             // with no-ops when there is nothing else to propose.
@@ -166,7 +184,13 @@ impl Replica {
         pending_config: bool,
     ) -> Option<Value> {
         let mut best: Option<(Ballot, &Value)> = None;
-        for ((node, incarnation), reports) in &master.promises {
+        let reported = if slot <= master.reports_through {
+            master.promises.iter()
+        } else {
+            // Nothing was reported this high: skip the search.
+            std::collections::btree_map::Iter::default()
+        };
+        for ((node, incarnation), reports) in reported {
             if !config.is_voter(*node, *incarnation) {
                 continue;
             }
@@ -189,7 +213,7 @@ impl Replica {
         if master.queue.is_empty() {
             return pending_config.then(Value::noop);
         }
-        let mut entries = Vec::new();
+        let mut entries = Vec::with_capacity(master.queue.len().min(settings.batch_entries_max));
         let mut bytes = 0;
         while let Some(entry) = master.queue.front() {
             let size = entry.bytes();
@@ -314,7 +338,10 @@ impl Replica {
             flight.votes.push(voter);
         }
         let config = self.membership.config_at(accepted.slot);
-        if config.count_voters(&flight.votes) < config.quorum() {
+        // Fewer votes than a quorum cannot hold a quorum of voters: skip the count.
+        if flight.votes.len() < config.quorum()
+            || config.count_voters(&flight.votes) < config.quorum()
+        {
             return;
         }
         let flight = master.in_flight.remove(accepted.slot).expect("present");

@@ -171,8 +171,13 @@ pub(crate) struct WindowPeers {
 /// A master's state, owned by the `Role::Master` variant.
 pub(crate) struct Master {
     pub ballot: Ballot,
-    /// Phase-1 promises by voter: what each reported, by slot.
+    /// Phase-1 promises by voter: what each reported, by slot. Promises are only ever added.
     pub promises: BTreeMap<Voter, BTreeMap<Slot, crate::message::Reported>>,
+    /// The highest slot any of `promises` reported (slots above it have no reports to recover).
+    pub reports_through: Slot,
+    /// The config (membership version, start slot) whose voters' promises were last found to make
+    /// a quorum: since promises are never removed, that stays true for as long as the config does.
+    pub promised_config: Option<(u64, Slot)>,
     /// The highest slot any promise reported: lease reads wait until it is chosen.
     pub recover_through: Slot,
     pub next_slot: Slot,
@@ -262,6 +267,9 @@ pub struct Replica {
     /// Peers the driver named: whom a rebuilding replica asks before it knows the group.
     pub(crate) seed_peers: Vec<NodeId>,
     pub(crate) actions: VecDeque<Action>,
+    /// Emptied vectors of executed `Action::Persist`s the driver handed back, reused for new ones.
+    pub(crate) spare_records: Vec<Vec<Record>>,
+    pub(crate) spare_messages: Vec<Vec<Outgoing>>,
     #[cfg(feature = "planted-bugs")]
     pub(crate) planted: PlantedBugs,
 }
@@ -322,6 +330,8 @@ impl Replica {
             stash: Vec::new(),
             seed_peers: Vec::new(),
             actions: VecDeque::new(),
+            spare_records: Vec::new(),
+            spare_messages: Vec::new(),
             #[cfg(feature = "planted-bugs")]
             planted: PlantedBugs::default(),
         };
@@ -528,6 +538,25 @@ impl Replica {
         self.actions.drain(..)
     }
 
+    /// Optional: hands back the vectors of an executed [`Action::Persist`] so that later actions
+    /// reuse their memory instead of allocating. Whatever they still hold is dropped.
+    pub fn recycle_persist_buffers(
+        &mut self,
+        mut records: Vec<Record>,
+        mut messages: Vec<Outgoing>,
+    ) {
+        use crate::limits::{SPARE_BUFFERS_MAX, SPARE_BUFFER_ENTRIES_MAX};
+        let keep = |capacity: usize| (1..=SPARE_BUFFER_ENTRIES_MAX).contains(&capacity);
+        if keep(records.capacity()) && self.spare_records.len() < SPARE_BUFFERS_MAX {
+            records.clear();
+            self.spare_records.push(records);
+        }
+        if keep(messages.capacity()) && self.spare_messages.len() < SPARE_BUFFERS_MAX {
+            messages.clear();
+            self.spare_messages.push(messages);
+        }
+    }
+
     /// A handle for a snapshot of the application state as applied through `chosen_through()`. Take
     /// it between steps, once the application has applied every `Apply` emitted so far.
     pub fn snapshot_handle(&self) -> SnapshotHandle {
@@ -657,6 +686,17 @@ impl Replica {
             .push_back(Action::Persist { records, messages });
     }
 
+    /// An empty vector for the records of a new `Action::Persist`, reused if the driver handed
+    /// one back.
+    pub(crate) fn record_buffer(&mut self) -> Vec<Record> {
+        self.spare_records.pop().unwrap_or_default()
+    }
+
+    /// An empty vector for the messages of a new `Action::Persist` (see `record_buffer`).
+    pub(crate) fn message_buffer(&mut self) -> Vec<Outgoing> {
+        self.spare_messages.pop().unwrap_or_default()
+    }
+
     /// Persists one record that releases no message, joining the previous such action if it is
     /// the last one queued (fewer, larger writes; order is kept).
     pub(crate) fn persist_quietly(&mut self, record: Record) {
@@ -666,7 +706,9 @@ impl Replica {
                 return;
             }
         }
-        self.persist(vec![record], Vec::new());
+        let mut records = self.record_buffer();
+        records.push(record);
+        self.persist(records, Vec::new());
     }
 
     /// Every voter of every config in the window (whom elections ask).

@@ -110,7 +110,44 @@ impl<T> SlotMap<T> {
 struct SlotVotes {
     /// Durable accepts by ballot, in ballot order: the value and who accepted it (each voter once).
     /// A slot sees a ballot or two and a handful of voters: vectors beat trees here.
-    by_ballot: Vec<(Ballot, Value, Vec<Voter>)>,
+    by_ballot: Vec<(Ballot, Value, Voters)>,
+}
+
+/// Distinct voters, the first few stored inline (a slot's votes come from a handful of voters).
+#[derive(Clone)]
+struct Voters {
+    inline: [Voter; VOTERS_INLINE],
+    len: usize,
+    spilled: Vec<Voter>,
+}
+
+const VOTERS_INLINE: usize = 7;
+
+impl Voters {
+    fn new() -> Voters {
+        Voters {
+            inline: [(NodeId(0), Incarnation(0)); VOTERS_INLINE],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+    fn len(&self) -> usize {
+        self.len + self.spilled.len()
+    }
+    fn iter(&self) -> impl Iterator<Item = &Voter> + Clone {
+        self.inline[..self.len].iter().chain(self.spilled.iter())
+    }
+    fn insert(&mut self, voter: Voter) {
+        if self.iter().any(|v| *v == voter) {
+            return;
+        }
+        if self.len < VOTERS_INLINE {
+            self.inline[self.len] = voter;
+            self.len += 1;
+        } else {
+            self.spilled.push(voter);
+        }
+    }
 }
 
 #[allow(missing_debug_implementations)]
@@ -127,8 +164,11 @@ pub struct Oracle {
     chains: SlotMap<u64>,
     /// Membership as the chosen prefix decides it.
     pub membership: MembershipLog,
-    /// Acknowledged submits: where they were acknowledged.
+    /// How many submits were acknowledged.
     acked: usize,
+    /// Acknowledged submits not yet found in their slot's chosen value, by the slot they were
+    /// acknowledged for: judged when the slot is chosen, and at the end of the run. (One found
+    /// there at once needs no second look: a slot's chosen value never changes.)
     acked_by_slot: SlotMap<Vec<EntryId>>,
     pub max_acked_slot: Slot,
     pub max_read_slot: Slot,
@@ -182,7 +222,7 @@ impl Oracle {
         value: &Value,
     ) {
         let votes = self.votes.get_or_insert_with(slot, || SlotVotes {
-            by_ballot: Vec::new(),
+            by_ballot: Vec::with_capacity(1),
         });
         let index = match votes
             .by_ballot
@@ -192,7 +232,7 @@ impl Oracle {
             Err(index) => {
                 votes
                     .by_ballot
-                    .insert(index, (ballot, value.clone(), Vec::new()));
+                    .insert(index, (ballot, value.clone(), Voters::new()));
                 index
             }
         };
@@ -202,9 +242,7 @@ impl Oracle {
             self.fail(Check::OneValuePerSlot, now, detail);
             return;
         }
-        if !voters.contains(&voter) {
-            voters.push(voter);
-        }
+        voters.insert(voter);
         if self.chosen.get(&slot) == Some(value) {
             return; // more votes for the chosen value change nothing
         }
@@ -221,7 +259,10 @@ impl Oracle {
         let config = self.membership.config_at(slot);
         let mut newly: Option<Value> = None;
         for (ballot, value, voters) in &votes.by_ballot {
-            if config.count_voters(voters) < config.quorum() {
+            // Fewer voters than a quorum cannot hold a quorum of the config's voters.
+            if voters.len() < config.quorum()
+                || config.count_voters(voters.iter()) < config.quorum()
+            {
                 continue;
             }
             match self.chosen.get(&slot).or(newly.as_ref()) {
@@ -311,12 +352,9 @@ impl Oracle {
     /// A master acknowledged `id` as chosen at `slot`.
     pub fn on_ack(&mut self, now: u64, id: EntryId, slot: Slot) {
         self.acked += 1;
-        self.acked_by_slot
-            .get_or_insert_with(slot, Vec::new)
-            .push(id);
         self.max_acked_slot = self.max_acked_slot.max(slot);
         match self.chosen.get(&slot) {
-            Some(value) if contains(value, id) => {}
+            Some(value) if contains(value, id) => return,
             Some(_) => self.fail(
                 Check::AckedLost,
                 now,
@@ -324,6 +362,9 @@ impl Oracle {
             ),
             None => {} // judged when the slot is chosen, and at the end of the run
         }
+        self.acked_by_slot
+            .get_or_insert_with(slot, Vec::new)
+            .push(id);
     }
 
     /// A lease read at `node` saw the state applied through `applied`.

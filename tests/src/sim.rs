@@ -685,15 +685,22 @@ impl Sim {
         }
         let count = self.nodes[node].disk.syncing;
         for _ in 0..count {
-            let batch = self.nodes[node]
+            let PendingSync {
+                mut records,
+                mut messages,
+                incarnation,
+            } = self.nodes[node]
                 .disk
                 .pending
                 .pop_front()
                 .expect("syncing batches are queued");
-            self.make_durable(node, batch.incarnation, &batch.records);
-            self.nodes[node].disk.durable.extend(batch.records);
-            for outgoing in batch.messages {
+            self.make_durable(node, incarnation, &records);
+            self.nodes[node].disk.durable.extend(records.drain(..));
+            for outgoing in messages.drain(..) {
                 self.transmit(node, outgoing);
+            }
+            if let Some(engine) = self.nodes[node].engine.as_mut() {
+                engine.recycle_persist_buffers(records, messages);
             }
         }
         self.nodes[node].disk.syncing = 0;
@@ -779,7 +786,12 @@ impl Sim {
     }
 
     fn index_of(&self, id: NodeId) -> Option<usize> {
-        self.nodes.iter().position(|n| n.id == id)
+        // Node ids are handed out as 1, 2, 3, ... in the order nodes are added: try that first.
+        let guess = usize::try_from(id.0).ok()?.checked_sub(1);
+        match guess.and_then(|i| self.nodes.get(i).map(|n| (i, n))) {
+            Some((i, node)) if node.id == id => Some(i),
+            _ => self.nodes.iter().position(|n| n.id == id),
+        }
     }
 
     fn check_rebuild_vote(&mut self, from: usize, envelope: &Envelope) {
