@@ -294,6 +294,12 @@ impl MemVfs {
         self.lock().power_left = Some(ops);
     }
 
+    /// Cancels a pending [`MemVfs::power_off_after`]. Once the power went off, it stays off until
+    /// `crash`.
+    pub fn cancel_power_off(&self) {
+        self.lock().power_left = None;
+    }
+
     /// Whether the power went off (see [`MemVfs::power_off_after`]).
     pub fn powered_off(&self) -> bool {
         self.lock().powered_off

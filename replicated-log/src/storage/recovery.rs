@@ -161,11 +161,9 @@ pub(crate) fn recover<V: Vfs>(
         Err(d) => return damaged(d),
     };
     if chain.records.is_empty() {
-        // No batch ever completed since the very first segment: nothing was acknowledged.
-        let fresh = base == 0
-            && segments[0].seq == 0
-            && chain.next_batch == 0
-            && listing.snapshots.is_empty();
+        // No batch ever completed since the very first segment: nothing was acknowledged, and
+        // any snapshot file is one no durable record refers to.
+        let fresh = base == 0 && segments[0].seq == 0 && chain.next_batch == 0;
         if fresh {
             // set_identity ran but no record was ever synced: nothing was acknowledged.
             return Ok(Recovery::Empty {
