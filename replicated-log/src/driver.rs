@@ -180,6 +180,7 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
             self.drain();
         }
         self.fail_all_waiters();
+        self.transport.close();
     }
 
     /// Brings the engine's clock level with the wall clock. Done before serving anything, so a

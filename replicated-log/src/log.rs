@@ -176,6 +176,38 @@ impl<M: StateMachine> Log<M> {
         })
     }
 
+    /// Opens the log over real files and QUIC with mutual TLS: the usual way to run a replica.
+    /// `tls` must name `config.node` of `config.cluster`; `listen` is where peers reach this replica.
+    pub async fn open_quic(
+        config: LogConfig,
+        machine: M,
+        tls: crate::tls::TlsMaterial,
+        listen: SocketAddr,
+    ) -> Result<Log<M>, OpenError> {
+        let quic = crate::transport::QuicConfig {
+            node: config.node,
+            cluster: config.cluster,
+            listen,
+            peers: config
+                .peers
+                .iter()
+                .filter(|(node, _)| **node != config.node)
+                .map(|(node, addr)| (*node, *addr))
+                .collect(),
+            tls,
+            limits: Default::default(),
+        };
+        Log::open(
+            config,
+            machine,
+            crate::storage::FileVfs,
+            move |inbound, snapshots| {
+                crate::transport::QuicTransport::start(quic, inbound, snapshots).map(Arc::new)
+            },
+        )
+        .await
+    }
+
     /// Appends `data` to the log. Answers once it is chosen and applied here, with its slot, epoch
     /// and what [`StateMachine::apply`] returned for it.
     pub async fn submit(&self, data: Vec<u8>) -> Result<Committed<M::Output>, SubmitError> {

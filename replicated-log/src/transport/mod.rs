@@ -55,6 +55,9 @@ pub trait Transport: Send + Sync + 'static {
         let _ = (node, addr);
     }
 
+    /// The replica stops: close connections and stop background tasks. Later sends are dropped.
+    fn close(&self) {}
+
     /// Downloads `from`'s newest snapshot file covering at least `min_slot` into `dest` (a temporary
     /// path in the local data directory). The bytes are the peer's snapshot file as stored; the caller
     /// verifies and installs it through storage.

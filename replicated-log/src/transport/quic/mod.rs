@@ -283,6 +283,12 @@ impl Transport for QuicTransport {
         self.add_peer(node, addr);
     }
 
+    fn close(&self) {
+        if !self.inner.shut_down.swap(true, Ordering::AcqRel) {
+            self.inner.stop();
+        }
+    }
+
     fn send(&self, to: NodeId, message: PeerMessage) {
         let peers = self.inner.lock_peers();
         let queued = peers
