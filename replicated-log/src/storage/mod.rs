@@ -35,6 +35,6 @@ pub use error::{Damage, DamageKind, StorageError};
 pub use format::{FormatError, Identity};
 pub use mem_vfs::{FailPoint, MemFile, MemStats, MemVfs, Tear};
 pub use recovery::TornTail;
-pub use snapshot::{SnapshotFiles, SnapshotReader, SnapshotWriter};
+pub use snapshot::{verify_snapshot, SnapshotFiles, SnapshotReader, SnapshotWriter};
 pub use store::{Opened, Storage, StorageMetrics, StorageOptions, SyncReport};
 pub use vfs::{DirEntry, FileVfs, FsFile, Vfs, VfsFile};

@@ -328,11 +328,8 @@ impl<V: Vfs> Read for SnapshotReader<V> {
     }
 }
 
-/// Reads a whole snapshot file, checking everything. Returns its handle.
-pub(crate) fn verify_snapshot<V: Vfs>(
-    vfs: &V,
-    path: &Path,
-) -> Result<SnapshotHandle, StorageError> {
+/// Reads a whole snapshot file, checking every byte of it. Returns its handle.
+pub fn verify_snapshot<V: Vfs>(vfs: &V, path: &Path) -> Result<SnapshotHandle, StorageError> {
     let (handle, mut reader) = SnapshotReader::open(vfs, path)?;
     match io::copy(&mut reader, &mut io::sink()) {
         Ok(_) => Ok(handle),
@@ -373,6 +370,19 @@ impl<V: Vfs> SnapshotFiles<V> {
             .collect();
         slots.sort_unstable_by(|a, b| b.cmp(a));
         Ok(slots)
+    }
+
+    /// Whether a snapshot file for `slot` is present.
+    pub fn has(&self, slot: Slot) -> Result<bool, StorageError> {
+        Ok(self.slots()?.contains(&slot))
+    }
+
+    /// The newest snapshot file by name, unchecked.
+    pub(crate) fn newest_unchecked(&self) -> Result<Option<PathBuf>, StorageError> {
+        let slots = self.slots()?;
+        Ok(slots
+            .first()
+            .map(|slot| self.dir.join(names::snapshot(*slot))))
     }
 
     /// The newest snapshot file whose header checks out, if any.

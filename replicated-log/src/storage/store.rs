@@ -695,28 +695,34 @@ impl<V: Vfs> Storage<V> {
         SnapshotWriter::create(self.vfs.clone(), &self.dir, handle, n, self.stop.clone())
     }
 
-    /// The newest snapshot file, its handle, and a reader that verifies every chunk.
+    /// The newest snapshot file, its handle, and a reader that verifies every chunk. A newest file
+    /// whose header does not check out is an error, never a silent fall back to an older snapshot
+    /// (the log before the newer one may be gone).
     pub fn open_snapshot(
         &self,
     ) -> Result<Option<(SnapshotHandle, SnapshotReader<V>)>, StorageError> {
         self.stop.check()?;
-        let Some((_, path)) = self.snapshot_files().newest()? else {
+        let Some(path) = self.snapshot_files().newest_unchecked()? else {
             return Ok(None);
         };
         SnapshotReader::open(&self.vfs, &path).map(Some)
     }
 
-    /// The snapshot file taken at exactly `slot`: the one the log's snapshot record names, which is
-    /// what a restart must restore (a newer file may exist if a crash came before its record).
+    /// The snapshot file at exactly `slot` (the one the durable state refers to), with a reader
+    /// that verifies every chunk. Its handle is in the file's header.
     pub fn open_snapshot_at(&self, slot: Slot) -> Result<SnapshotReader<V>, StorageError> {
         self.stop.check()?;
         let path = self.dir.join(names::snapshot(slot));
+        if !self.snapshot_files().has(slot)? {
+            return Err(StorageError::NoSnapshot { min_slot: slot });
+        }
         let (handle, reader) = SnapshotReader::open(&self.vfs, &path)?;
         if handle.slot != slot {
-            return Err(StorageError::BadSnapshot {
-                path,
-                why: format!("named for slot {slot} but holds slot {}", handle.slot),
-            });
+            let why = format!(
+                "header names slot {}, the file name slot {slot}",
+                handle.slot
+            );
+            return Err(StorageError::BadSnapshot { path, why });
         }
         Ok(reader)
     }
