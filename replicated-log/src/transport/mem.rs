@@ -194,6 +194,14 @@ impl MemTransport {
 }
 
 impl Transport for MemTransport {
+    /// Leaves the network, as [`MemNetwork::leave`], unless the node has rejoined since.
+    fn close(&self) {
+        let mut state = self.network.lock();
+        if self.current(&state) {
+            state.nodes.remove(&self.node);
+        }
+    }
+
     fn send(&self, to: NodeId, message: PeerMessage) {
         let mut state = self.network.lock();
         let delivered = self.current(&state)
@@ -310,6 +318,15 @@ mod tests {
         assert!(rx2.try_recv().is_err());
         one_again.send(NodeId(2), query());
         assert!(rx2.try_recv().is_ok());
+
+        // Closing the stale transport does not unregister the restarted node; closing the
+        // current one does.
+        one.close();
+        one_again.send(NodeId(2), query());
+        assert!(rx2.try_recv().is_ok());
+        one_again.close();
+        one_again.send(NodeId(2), query());
+        assert!(rx2.try_recv().is_err());
         assert_eq!(one.metrics().messages_sent, 2 + received);
     }
 }

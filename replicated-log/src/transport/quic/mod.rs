@@ -12,6 +12,12 @@
 //!
 //! Frames are `u32 LE length | postcard` ([`crate::transport::frame`]), at most
 //! [`QuicLimits::frame_bytes_max`]; a frame that does not decode is counted and closes its stream.
+//!
+//! Two consequences worth knowing: a full inbound channel makes the receiving stream wait, so a
+//! slow driver pushes back through QUIC flow control onto the sender's queue, where messages are
+//! then dropped; and a node that is not (or no longer) a peer is still accepted when its
+//! certificate proves its id, since membership is the driver's business: it drops what it does
+//! not expect.
 
 mod accept;
 mod peer;
