@@ -749,6 +749,13 @@ fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), TlsError> {
         source,
     };
     let mut file = options.open(path).map_err(io_error)?;
+    // `mode` applies only to a new file: tighten one that already existed too.
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        let private = std::fs::Permissions::from_mode(0o600);
+        file.set_permissions(private).map_err(io_error)?;
+    }
     file.write_all(bytes).map_err(io_error)?;
     file.sync_all().map_err(io_error)
 }
@@ -938,6 +945,14 @@ mod tests {
         ));
         load_node_material(path, CLUSTER, NodeId(1)).unwrap();
         load_client_material(path, CLUSTER, "alice").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(node_key_path(path, NodeId(1)))
+                .unwrap()
+                .permissions();
+            assert_eq!(mode.mode() & 0o777, 0o600);
+        }
         assert!(matches!(
             load_node_material(path, ClusterId(7), NodeId(1)),
             Err(TlsError::WrongName { .. })
