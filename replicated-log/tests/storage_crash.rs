@@ -116,7 +116,7 @@ fn fold(state: Option<&DurableState>, records: &[Record]) -> Option<DurableState
     let mut records = records.iter();
     let mut state = match state {
         Some(s) => s.clone(),
-        None => DurableState::recover(records.next().into_iter()).ok()?,
+        None => DurableState::recover(records.next()).ok()?,
     };
     for r in records {
         state.apply(r).expect("the workload is consistent");
