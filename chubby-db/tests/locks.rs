@@ -51,28 +51,55 @@ fn setup(n: usize, lock_delay_ms: u64) -> (Harness, Vec<SessionId>) {
 fn exclusive_excludes_and_shared_shares() {
     let (mut h, s) = setup(3, 0);
     h.lock(s[0], "/l", Exclusive);
-    assert_eq!(h.acquire(s[1], "/l", Exclusive, false), OpResult::Failed(OpError::LockBusy));
-    assert_eq!(h.acquire(s[1], "/l", Shared, false), OpResult::Failed(OpError::LockBusy));
+    assert_eq!(
+        h.acquire(s[1], "/l", Exclusive, false),
+        OpResult::Failed(OpError::LockBusy)
+    );
+    assert_eq!(
+        h.acquire(s[1], "/l", Shared, false),
+        OpResult::Failed(OpError::LockBusy)
+    );
     assert_eq!(h.release(s[0], "/l"), OpResult::Done(OpOutput::Released));
     h.lock(s[1], "/l", Shared);
     h.lock(s[2], "/l", Shared);
     assert_eq!(holders(&h, "/l"), vec![(s[1], Shared), (s[2], Shared)]);
-    assert_eq!(h.acquire(s[0], "/l", Exclusive, false), OpResult::Failed(OpError::LockBusy));
+    assert_eq!(
+        h.acquire(s[0], "/l", Exclusive, false),
+        OpResult::Failed(OpError::LockBusy)
+    );
 }
 
 #[test]
 fn acquire_and_release_errors() {
     let (mut h, s) = setup(3, 0);
-    assert_eq!(h.acquire(s[0], "/nope", Exclusive, true), OpResult::Failed(OpError::NodeAbsent));
-    assert_eq!(h.release(s[0], "/nope"), OpResult::Failed(OpError::NodeAbsent));
+    assert_eq!(
+        h.acquire(s[0], "/nope", Exclusive, true),
+        OpResult::Failed(OpError::NodeAbsent)
+    );
+    assert_eq!(
+        h.release(s[0], "/nope"),
+        OpResult::Failed(OpError::NodeAbsent)
+    );
     assert_eq!(h.release(s[0], "/l"), OpResult::Failed(OpError::NotHolder));
     h.lock(s[0], "/l", Shared);
-    assert_eq!(h.acquire(s[0], "/l", Shared, false), OpResult::Failed(OpError::AlreadyHolder));
-    assert_eq!(h.acquire(s[0], "/l", Exclusive, true), OpResult::Failed(OpError::AlreadyHolder));
+    assert_eq!(
+        h.acquire(s[0], "/l", Shared, false),
+        OpResult::Failed(OpError::AlreadyHolder)
+    );
+    assert_eq!(
+        h.acquire(s[0], "/l", Exclusive, true),
+        OpResult::Failed(OpError::AlreadyHolder)
+    );
     queued(&h.acquire(s[1], "/l", Exclusive, true));
-    assert_eq!(h.acquire(s[1], "/l", Shared, true), OpResult::Failed(OpError::AlreadyWaiting));
+    assert_eq!(
+        h.acquire(s[1], "/l", Shared, true),
+        OpResult::Failed(OpError::AlreadyWaiting)
+    );
     assert_eq!(h.release(s[2], "/l"), OpResult::Failed(OpError::NotHolder));
-    assert_eq!(h.release(s[1], "/l"), OpResult::Done(OpOutput::WaitCancelled));
+    assert_eq!(
+        h.release(s[1], "/l"),
+        OpResult::Done(OpOutput::WaitCancelled)
+    );
     assert!(h.db.lock(&p("/l")).unwrap().waiters.is_empty());
 }
 
@@ -97,7 +124,10 @@ fn a_shared_request_behind_a_waiting_exclusive_one_waits() {
     queued(&h.acquire(s[1], "/l", Exclusive, true));
     // Compatible with the holder, but someone is queued first: no overtaking.
     assert_eq!(queued(&h.acquire(s[2], "/l", Shared, true)), 1);
-    assert_eq!(h.acquire(s[3], "/l", Shared, false), OpResult::Failed(OpError::LockBusy));
+    assert_eq!(
+        h.acquire(s[3], "/l", Shared, false),
+        OpResult::Failed(OpError::LockBusy)
+    );
     h.release(s[0], "/l");
     assert_eq!(holders(&h, "/l"), vec![(s[1], Exclusive)]);
     queued(&h.acquire(s[3], "/l", Shared, true));
@@ -113,7 +143,10 @@ fn a_withdrawn_head_lets_the_queue_move() {
     h.lock(s[0], "/l", Shared);
     queued(&h.acquire(s[1], "/l", Exclusive, true));
     queued(&h.acquire(s[2], "/l", Shared, true));
-    assert_eq!(h.release(s[1], "/l"), OpResult::Done(OpOutput::WaitCancelled));
+    assert_eq!(
+        h.release(s[1], "/l"),
+        OpResult::Done(OpOutput::WaitCancelled)
+    );
     assert_eq!(holders(&h, "/l"), vec![(s[0], Shared), (s[2], Shared)]);
     // The same when the head's session closes.
     queued(&h.acquire(s[1], "/l", Exclusive, true));
@@ -133,7 +166,9 @@ fn the_queue_is_bounded() {
     let late = h.open();
     assert_eq!(
         h.acquire(late, "/l", Exclusive, true),
-        OpResult::Failed(OpError::LockQueueFull { max: LOCK_WAITERS_MAX })
+        OpResult::Failed(OpError::LockQueueFull {
+            max: LOCK_WAITERS_MAX
+        })
     );
 }
 
@@ -141,12 +176,18 @@ fn the_queue_is_bounded() {
 fn sequencers_validate_only_while_their_grant_is_held() {
     let (mut h, s) = setup(3, 0);
     let first = h.lock(s[0], "/l", Exclusive);
-    assert_eq!((first.path.clone(), first.mode, first.lock_generation), (p("/l"), Exclusive, 1));
+    assert_eq!(
+        (first.path.clone(), first.mode, first.lock_generation),
+        (p("/l"), Exclusive, 1)
+    );
     assert_eq!(first.instance, h.db.stat(&p("/l")).unwrap().instance);
     assert_eq!(h.db.check_sequencer(&first), Ok(()));
     let mut forged = first.clone();
     forged.mode = Shared;
-    assert_eq!(h.db.check_sequencer(&forged), Err(SequencerInvalid::NotHeld));
+    assert_eq!(
+        h.db.check_sequencer(&forged),
+        Err(SequencerInvalid::NotHeld)
+    );
 
     h.release(s[0], "/l");
     assert_eq!(h.db.check_sequencer(&first), Err(SequencerInvalid::NotHeld));
@@ -154,24 +195,37 @@ fn sequencers_validate_only_while_their_grant_is_held() {
     let third = h.lock(s[2], "/l", Shared);
     assert_eq!((second.lock_generation, third.lock_generation), (2, 3));
     assert_eq!(h.db.stat(&p("/l")).unwrap().lock_generation, 3);
-    assert_eq!(h.db.check_sequencer(&first), Err(SequencerInvalid::NotHeld), "superseded");
+    assert_eq!(
+        h.db.check_sequencer(&first),
+        Err(SequencerInvalid::NotHeld),
+        "superseded"
+    );
     assert_eq!(h.db.check_sequencer(&second), Ok(()));
     assert_eq!(h.db.check_sequencer(&third), Ok(()));
 
     // Re-acquiring by the same session gives a new sequencer; the old one stays dead.
     h.release(s[1], "/l");
     let fourth = h.lock(s[1], "/l", Shared);
-    assert_eq!(h.db.check_sequencer(&second), Err(SequencerInvalid::NotHeld));
+    assert_eq!(
+        h.db.check_sequencer(&second),
+        Err(SequencerInvalid::NotHeld)
+    );
     assert_eq!(h.db.check_sequencer(&fourth), Ok(()));
 
     // Delete and re-create: the new node's lock generations restart, its instance does not.
     h.release(s[1], "/l");
     h.release(s[2], "/l");
     h.ok(s[0], Op::Delete { path: p("/l") });
-    assert_eq!(h.db.check_sequencer(&fourth), Err(SequencerInvalid::NodeAbsent));
+    assert_eq!(
+        h.db.check_sequencer(&fourth),
+        Err(SequencerInvalid::NodeAbsent)
+    );
     h.create(s[0], "/l", b"");
     let mut reborn = h.lock(s[0], "/l", Shared);
-    assert_eq!(h.db.check_sequencer(&fourth), Err(SequencerInvalid::InstanceChanged));
+    assert_eq!(
+        h.db.check_sequencer(&fourth),
+        Err(SequencerInvalid::InstanceChanged)
+    );
     reborn.lock_generation = fourth.lock_generation;
     assert_ne!(h.db.check_sequencer(&reborn), Ok(()));
 }
@@ -195,7 +249,10 @@ fn lock_delay_follows_expiry_and_holds_everyone_back() {
         OpResult::Failed(OpError::LockDelayed { until_ms: 18_000 })
     );
     assert_eq!(queued(&h.acquire(s[1], "/l", Exclusive, true)), 0);
-    assert_eq!(h.op(s[1], Op::Delete { path: p("/l") }), OpResult::Failed(OpError::Locked));
+    assert_eq!(
+        h.op(s[1], Op::Delete { path: p("/l") }),
+        OpResult::Failed(OpError::Locked)
+    );
     assert!(h.tick(17_999).is_empty());
     assert!(holders(&h, "/l").is_empty(), "no grant during the delay");
     h.tick(18_000);
@@ -218,7 +275,10 @@ fn no_lock_delay_after_a_clean_release_or_close() {
 fn the_default_lock_delay_and_zero() {
     let (mut h, s) = setup(2, 0);
     h.create(s[0], "/default", b"");
-    assert_eq!(h.db.stat(&p("/default")).unwrap().lock_delay_ms, LOCK_DELAY_MS_DEFAULT);
+    assert_eq!(
+        h.db.stat(&p("/default")).unwrap().lock_delay_ms,
+        LOCK_DELAY_MS_DEFAULT
+    );
     h.lock(s[0], "/l", Exclusive);
     h.now_ms = 12_000;
     h.keep_alive(s[1]);
@@ -256,9 +316,18 @@ fn lock_held_by_others_on_an_expiring_ephemeral_node_is_lost() {
     let seq = h.lock(holder, "/e", Shared);
     queued(&h.acquire(waiter, "/e", Exclusive, true));
     h.apply(Command::CloseSession { session: owner });
-    assert_eq!(h.events_for(holder), vec![EventKind::LockLost { path: p("/e") }]);
-    assert_eq!(h.events_for(waiter), vec![EventKind::LockWaitCancelled { path: p("/e") }]);
-    assert_eq!(h.db.check_sequencer(&seq), Err(SequencerInvalid::NodeAbsent));
+    assert_eq!(
+        h.events_for(holder),
+        vec![EventKind::LockLost { path: p("/e") }]
+    );
+    assert_eq!(
+        h.events_for(waiter),
+        vec![EventKind::LockWaitCancelled { path: p("/e") }]
+    );
+    assert_eq!(
+        h.db.check_sequencer(&seq),
+        Err(SequencerInvalid::NodeAbsent)
+    );
     assert!(h.db.session(holder).unwrap().locks.is_empty());
 }
 
@@ -266,14 +335,33 @@ fn lock_held_by_others_on_an_expiring_ephemeral_node_is_lost() {
 fn watchers_hear_grants_and_conflicts() {
     let (mut h, s) = setup(3, 0);
     let watcher = s[2];
-    h.watch(watcher, "/l", WatchKinds { lock_acquired: true, lock_conflict: true, ..Default::default() });
+    h.watch(
+        watcher,
+        "/l",
+        WatchKinds {
+            lock_acquired: true,
+            lock_conflict: true,
+            ..Default::default()
+        },
+    );
     h.lock(s[0], "/l", Exclusive);
     assert_eq!(
         h.events_for(watcher),
-        vec![EventKind::LockAcquired { path: p("/l"), holder: s[0], mode: Exclusive, lock_generation: 1 }]
+        vec![EventKind::LockAcquired {
+            path: p("/l"),
+            holder: s[0],
+            mode: Exclusive,
+            lock_generation: 1
+        }]
     );
     queued(&h.acquire(s[1], "/l", Shared, true));
-    assert_eq!(h.events_for(watcher), vec![EventKind::LockConflict { path: p("/l"), mode: Shared }]);
+    assert_eq!(
+        h.events_for(watcher),
+        vec![EventKind::LockConflict {
+            path: p("/l"),
+            mode: Shared
+        }]
+    );
     // A failed try-acquire changes nothing, so it tells nobody.
     let late = h.open();
     h.acquire(late, "/l", Exclusive, false);
@@ -284,7 +372,9 @@ fn watchers_hear_grants_and_conflicts() {
 #[test]
 fn planted_bug_ignores_lock_delay() {
     let (mut h, s) = setup(2, 5_000);
-    h.db.plant_bugs(chubby_db::PlantedBugs { ignore_lock_delay: true });
+    h.db.plant_bugs(chubby_db::PlantedBugs {
+        ignore_lock_delay: true,
+    });
     h.lock(s[0], "/l", Exclusive);
     h.now_ms = 10_000;
     h.keep_alive(s[1]);

@@ -8,8 +8,7 @@ use chubby_db::limits::{
 };
 use chubby_db::{
     content_checksum, Branch, Cmp, Command, Config, DecodeError, Epoch, LockMode, MultiOp,
-    NodeKind, Op, OpError, OpOutput, OpResult, QueryError, Rejection, Reply, SessionId, Slot,
-    Test,
+    NodeKind, Op, OpError, OpOutput, OpResult, QueryError, Rejection, Reply, SessionId, Slot, Test,
 };
 use common::{done, p, Harness};
 
@@ -58,7 +57,13 @@ fn content_generation_comparisons() {
     let mut h = Harness::new();
     let s = h.open();
     h.create(s, "/f", b"1");
-    h.ok(s, Op::Set { path: p("/f"), contents: b"2".to_vec() });
+    h.ok(
+        s,
+        Op::Set {
+            path: p("/f"),
+            contents: b"2".to_vec(),
+        },
+    );
     assert_eq!(h.db.stat(&p("/f")).unwrap().content_generation, 2);
     let gen = |cmp, generation| Test::ContentGeneration {
         path: p("/f"),
@@ -98,12 +103,48 @@ fn contents_and_checksum_equal() {
         &mut h,
         s,
         vec![
-            (Test::ContentsEqual { path: p("/f"), contents: b"hello".to_vec() }, true),
-            (Test::ContentsEqual { path: p("/f"), contents: b"hell".to_vec() }, false),
-            (Test::ContentsEqual { path: p("/g"), contents: vec![] }, false),
-            (Test::ChecksumEquals { path: p("/f"), checksum }, true),
-            (Test::ChecksumEquals { path: p("/f"), checksum: checksum ^ 1 }, false),
-            (Test::ChecksumEquals { path: p("/g"), checksum }, false),
+            (
+                Test::ContentsEqual {
+                    path: p("/f"),
+                    contents: b"hello".to_vec(),
+                },
+                true,
+            ),
+            (
+                Test::ContentsEqual {
+                    path: p("/f"),
+                    contents: b"hell".to_vec(),
+                },
+                false,
+            ),
+            (
+                Test::ContentsEqual {
+                    path: p("/g"),
+                    contents: vec![],
+                },
+                false,
+            ),
+            (
+                Test::ChecksumEquals {
+                    path: p("/f"),
+                    checksum,
+                },
+                true,
+            ),
+            (
+                Test::ChecksumEquals {
+                    path: p("/f"),
+                    checksum: checksum ^ 1,
+                },
+                false,
+            ),
+            (
+                Test::ChecksumEquals {
+                    path: p("/g"),
+                    checksum,
+                },
+                false,
+            ),
         ],
     );
 }
@@ -200,7 +241,10 @@ fn guards_see_the_state_before_the_branch() {
     let op = MultiOp::new()
         .guard(Test::Absent { path: p("/f") })
         .then(Op::create_file(p("/f"), b"1".to_vec()))
-        .then(Op::Set { path: p("/f"), contents: b"2".to_vec() })
+        .then(Op::Set {
+            path: p("/f"),
+            contents: b"2".to_vec(),
+        })
         .then(Op::Read { path: p("/f") });
     let reply = h.multi(s, op);
     assert_eq!(reply.guards, vec![true]);
@@ -218,8 +262,7 @@ fn create_file_directory_ephemeral() {
     let OpOutput::Created { instance: i1 } = h.ok(s, Op::create_directory(p("/d"))) else {
         panic!()
     };
-    let OpOutput::Created { instance: i2 } =
-        h.ok(s, Op::create_file(p("/d/f"), b"data".to_vec()))
+    let OpOutput::Created { instance: i2 } = h.ok(s, Op::create_file(p("/d/f"), b"data".to_vec()))
     else {
         panic!()
     };
@@ -232,7 +275,10 @@ fn create_file_directory_ephemeral() {
     assert_eq!(file.stat.content_generation, 1);
     assert_eq!(file.stat.lock_generation, 0);
     assert_eq!(file.stat.contents_bytes, 4);
-    assert_eq!(file.stat.lock_delay_ms, Config::default().lock_delay_ms_default);
+    assert_eq!(
+        file.stat.lock_delay_ms,
+        Config::default().lock_delay_ms_default
+    );
     assert_eq!(h.db.stat(&p("/d/e")).unwrap().ephemeral_owner, Some(s));
     // Re-creating a node gives a larger instance.
     h.ok(s, Op::Delete { path: p("/d/f") });
@@ -260,11 +306,17 @@ fn create_errors() {
     );
     h.ok(s, Op::create_ephemeral(p("/ef"), vec![]));
     let cases = [
-        (Op::create_file(p("/ef/y"), vec![]), OpError::ParentNotDirectory),
+        (
+            Op::create_file(p("/ef/y"), vec![]),
+            OpError::ParentNotDirectory,
+        ),
         (Op::create_file(p("/f"), vec![]), OpError::AlreadyExists),
         (Op::create_directory(p("/")), OpError::AlreadyExists),
         (Op::create_file(p("/x/y"), vec![]), OpError::ParentAbsent),
-        (Op::create_file(p("/f/y"), vec![]), OpError::ParentNotDirectory),
+        (
+            Op::create_file(p("/f/y"), vec![]),
+            OpError::ParentNotDirectory,
+        ),
         (Op::create_file(p("/e/y"), vec![]), OpError::ParentEphemeral),
         (
             Op::Create {
@@ -306,7 +358,13 @@ fn set_bumps_generation_and_checksum() {
     let s = h.open();
     h.create(s, "/f", b"a");
     h.mkdir(s, "/d");
-    let out = h.ok(s, Op::Set { path: p("/f"), contents: b"bb".to_vec() });
+    let out = h.ok(
+        s,
+        Op::Set {
+            path: p("/f"),
+            contents: b"bb".to_vec(),
+        },
+    );
     assert_eq!(
         out,
         OpOutput::Set {
@@ -386,10 +444,20 @@ fn a_failing_op_rolls_the_whole_branch_back() {
     let ops = vec![
         Op::create_directory(p("/d")),
         Op::create_file(p("/d/f"), b"x".to_vec()),
-        Op::Set { path: p("/keep"), contents: b"new".to_vec() },
-        Op::Acquire { path: p("/l"), mode: LockMode::Exclusive, wait: false },
+        Op::Set {
+            path: p("/keep"),
+            contents: b"new".to_vec(),
+        },
+        Op::Acquire {
+            path: p("/l"),
+            mode: LockMode::Exclusive,
+            wait: false,
+        },
         Op::Delete { path: p("/probe") },
-        Op::Set { path: p("/missing"), contents: vec![] },
+        Op::Set {
+            path: p("/missing"),
+            contents: vec![],
+        },
         Op::create_file(p("/never"), vec![]),
     ];
     let results = h.ops(s, ops);
@@ -440,15 +508,30 @@ fn compare_and_set_is_the_one_guard_case() {
     let s = h.open();
     h.create(s, "/c", b"v1");
     let reply = h.multi(s, MultiOp::compare_and_set(p("/c"), 1, b"v2".to_vec()));
-    assert_eq!((reply.branch, reply.guards.clone()), (Branch::Top, vec![true]));
-    assert!(matches!(done(&reply.ops[0]), OpOutput::Set { content_generation: 2, .. }));
+    assert_eq!(
+        (reply.branch, reply.guards.clone()),
+        (Branch::Top, vec![true])
+    );
+    assert!(matches!(
+        done(&reply.ops[0]),
+        OpOutput::Set {
+            content_generation: 2,
+            ..
+        }
+    ));
     // A stale generation: the set does not happen, and the fop read returns the current value.
     let reply = h.multi(s, MultiOp::compare_and_set(p("/c"), 1, b"v3".to_vec()));
-    assert_eq!((reply.branch, reply.guards.clone()), (Branch::Fop, vec![false]));
+    assert_eq!(
+        (reply.branch, reply.guards.clone()),
+        (Branch::Fop, vec![false])
+    );
     let OpOutput::Read(view) = done(&reply.ops[0]) else {
         panic!()
     };
-    assert_eq!((&*view.contents, view.stat.content_generation), (&b"v2"[..], 2));
+    assert_eq!(
+        (&*view.contents, view.stat.content_generation),
+        (&b"v2"[..], 2)
+    );
 }
 
 #[test]
@@ -456,16 +539,30 @@ fn multiop_limits_reject_the_whole_request() {
     let mut h = Harness::new();
     let s = h.open();
     let tests = vec![Test::Exists { path: p("/") }; GUARD_TESTS_MAX + 1];
-    let op = MultiOp { guard: tests, top: vec![], fop: vec![] };
+    let op = MultiOp {
+        guard: tests,
+        top: vec![],
+        fop: vec![],
+    };
     assert_eq!(
         h.request(s, op),
-        Reply::Rejected(Rejection::TooManyTests { count: GUARD_TESTS_MAX + 1, max: GUARD_TESTS_MAX })
+        Reply::Rejected(Rejection::TooManyTests {
+            count: GUARD_TESTS_MAX + 1,
+            max: GUARD_TESTS_MAX
+        })
     );
     let ops = vec![Op::Read { path: p("/") }; BRANCH_OPS_MAX + 1];
-    let op = MultiOp { guard: vec![], top: vec![], fop: ops };
+    let op = MultiOp {
+        guard: vec![],
+        top: vec![],
+        fop: ops,
+    };
     assert_eq!(
         h.request(s, op),
-        Reply::Rejected(Rejection::TooManyOps { count: BRANCH_OPS_MAX + 1, max: BRANCH_OPS_MAX })
+        Reply::Rejected(Rejection::TooManyOps {
+            count: BRANCH_OPS_MAX + 1,
+            max: BRANCH_OPS_MAX
+        })
     );
     let big = vec![0u8; MULTIOP_BYTES_MAX / 2];
     let op = MultiOp::new()
@@ -473,7 +570,10 @@ fn multiop_limits_reject_the_whole_request() {
         .otherwise(Op::create_file(p("/b"), big));
     assert!(matches!(
         h.request(s, op),
-        Reply::Rejected(Rejection::TooManyBytes { max: MULTIOP_BYTES_MAX, .. })
+        Reply::Rejected(Rejection::TooManyBytes {
+            max: MULTIOP_BYTES_MAX,
+            ..
+        })
     ));
     assert!(!h.exists("/a") && !h.exists("/b"));
     // At the limits is fine.
@@ -506,13 +606,19 @@ fn children_are_listed_in_path_order() {
         h.db.children(&p("/a/z")),
         Err(QueryError::NotADirectory(p("/a/z")))
     );
-    assert_eq!(h.db.children(&p("/q")), Err(QueryError::NodeAbsent(p("/q"))));
+    assert_eq!(
+        h.db.children(&p("/q")),
+        Err(QueryError::NodeAbsent(p("/q")))
+    );
 }
 
 #[test]
 fn apply_bytes_decodes_or_rejects() {
     let mut h = Harness::new();
-    let command = Command::OpenSession { now_ms: 5, lease_ms: None };
+    let command = Command::OpenSession {
+        now_ms: 5,
+        lease_ms: None,
+    };
     let applied = h.db.apply_bytes(Slot(1), &command.encode());
     assert!(matches!(applied.reply, Reply::SessionOpened { .. }));
     let applied = h.db.apply_bytes(Slot(2), &[0xff, 0xff, 0xff]);
@@ -525,7 +631,9 @@ fn apply_bytes_decodes_or_rejects() {
     let applied = h.db.apply_bytes(Slot(3), &trailing);
     assert_eq!(
         applied.reply,
-        Reply::Rejected(Rejection::Undecodable(DecodeError::TrailingBytes { bytes: 1 }))
+        Reply::Rejected(Rejection::Undecodable(DecodeError::TrailingBytes {
+            bytes: 1
+        }))
     );
     assert_eq!(h.db.applied(), Slot(3));
     h.db.check_invariants();

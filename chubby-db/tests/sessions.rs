@@ -13,8 +13,15 @@ use common::{done, p, Harness};
 #[test]
 fn open_keep_alive_close() {
     let mut h = Harness::new();
-    let reply = h.apply(Command::OpenSession { now_ms: 1_000, lease_ms: None });
-    let Reply::SessionOpened { session, lease_until_ms } = reply else {
+    let reply = h.apply(Command::OpenSession {
+        now_ms: 1_000,
+        lease_ms: None,
+    });
+    let Reply::SessionOpened {
+        session,
+        lease_until_ms,
+    } = reply
+    else {
         panic!("{reply:?}")
     };
     assert_eq!(lease_until_ms, 1_000 + LEASE_MS_DEFAULT);
@@ -25,20 +32,36 @@ fn open_keep_alive_close() {
     h.now_ms = 5_000;
     assert_eq!(
         h.keep_alive(session),
-        Reply::KeptAlive { lease_until_ms: 5_000 + LEASE_MS_DEFAULT }
+        Reply::KeptAlive {
+            lease_until_ms: 5_000 + LEASE_MS_DEFAULT
+        }
     );
     // A KeepAlive stamped by a slower clock never shortens the lease.
-    let reply = h.apply(Command::KeepAlive { session, now_ms: 2_000 });
-    assert_eq!(reply, Reply::KeptAlive { lease_until_ms: 5_000 + LEASE_MS_DEFAULT });
+    let reply = h.apply(Command::KeepAlive {
+        session,
+        now_ms: 2_000,
+    });
+    assert_eq!(
+        reply,
+        Reply::KeptAlive {
+            lease_until_ms: 5_000 + LEASE_MS_DEFAULT
+        }
+    );
     assert_eq!(h.db.now_ms(), 5_000, "the clock never goes back");
 
-    assert_eq!(h.apply(Command::CloseSession { session }), Reply::SessionClosed);
+    assert_eq!(
+        h.apply(Command::CloseSession { session }),
+        Reply::SessionClosed
+    );
     assert!(h.db.session(session).is_none());
     assert_eq!(
         h.apply(Command::CloseSession { session }),
         Reply::Rejected(Rejection::SessionUnknown(session))
     );
-    assert_eq!(h.keep_alive(session), Reply::Rejected(Rejection::SessionUnknown(session)));
+    assert_eq!(
+        h.keep_alive(session),
+        Reply::Rejected(Rejection::SessionUnknown(session))
+    );
     let reply = h.request(session, MultiOp::new());
     assert_eq!(reply, Reply::Rejected(Rejection::SessionUnknown(session)));
 }
@@ -46,10 +69,18 @@ fn open_keep_alive_close() {
 #[test]
 fn requested_leases_are_bounded() {
     let mut h = Harness::new();
-    let reply = h.apply(Command::OpenSession { now_ms: 0, lease_ms: Some(LEASE_MS_MIN) });
-    assert!(matches!(reply, Reply::SessionOpened { lease_until_ms, .. } if lease_until_ms == LEASE_MS_MIN));
+    let reply = h.apply(Command::OpenSession {
+        now_ms: 0,
+        lease_ms: Some(LEASE_MS_MIN),
+    });
+    assert!(
+        matches!(reply, Reply::SessionOpened { lease_until_ms, .. } if lease_until_ms == LEASE_MS_MIN)
+    );
     for lease_ms in [LEASE_MS_MIN - 1, LEASE_MS_MAX + 1] {
-        let reply = h.apply(Command::OpenSession { now_ms: 0, lease_ms: Some(lease_ms) });
+        let reply = h.apply(Command::OpenSession {
+            now_ms: 0,
+            lease_ms: Some(lease_ms),
+        });
         assert_eq!(reply, Reply::Rejected(Rejection::InvalidLease { lease_ms }));
     }
     assert_eq!(h.db.sessions().len(), 1);
@@ -77,7 +108,12 @@ fn a_lapsed_lease_lives_until_the_master_expires_it() {
     let mut h = Harness::new();
     let s = h.open();
     h.now_ms = 20_000; // past the lease, but no Tick yet
-    assert!(matches!(h.keep_alive(s), Reply::KeptAlive { lease_until_ms: 32_000 }));
+    assert!(matches!(
+        h.keep_alive(s),
+        Reply::KeptAlive {
+            lease_until_ms: 32_000
+        }
+    ));
     assert!(h.tick(20_000).is_empty());
 }
 
@@ -90,8 +126,22 @@ fn expiry_releases_locks_and_deletes_ephemerals() {
     h.create(watcher, "/lock", b"");
     h.ok(owner, Op::create_ephemeral(p("/svc/me"), b"addr".to_vec()));
     h.lock(owner, "/lock", LockMode::Exclusive);
-    h.watch(watcher, "/svc", WatchKinds { children: true, ..Default::default() });
-    h.watch(watcher, "/svc/me", WatchKinds { contents: true, ..Default::default() });
+    h.watch(
+        watcher,
+        "/svc",
+        WatchKinds {
+            children: true,
+            ..Default::default()
+        },
+    );
+    h.watch(
+        watcher,
+        "/svc/me",
+        WatchKinds {
+            contents: true,
+            ..Default::default()
+        },
+    );
     h.watch(owner, "/svc", WatchKinds::ALL);
     h.now_ms = 20_000;
     h.keep_alive(watcher);
@@ -100,7 +150,8 @@ fn expiry_releases_locks_and_deletes_ephemerals() {
     assert!(!h.exists("/svc/me"));
     assert!(h.db.lock(&p("/lock")).unwrap().holders.is_empty());
     assert_eq!(h.events_for(owner), vec![EventKind::SessionExpired]);
-    let instance_gone = |e: &EventKind| matches!(e, EventKind::NodeDeleted { path, .. } if *path == p("/svc/me"));
+    let instance_gone =
+        |e: &EventKind| matches!(e, EventKind::NodeDeleted { path, .. } if *path == p("/svc/me"));
     let events = h.events_for(watcher);
     assert!(events.iter().any(instance_gone), "{events:?}");
     assert!(events.contains(&EventKind::ChildRemoved { path: p("/svc/me") }));
@@ -115,7 +166,10 @@ fn close_releases_without_lock_delay() {
     h.create(a, "/l", b"");
     h.ok(a, Op::create_ephemeral(p("/e"), vec![]));
     h.lock(a, "/l", LockMode::Exclusive);
-    assert!(matches!(done(&h.acquire(b, "/l", LockMode::Exclusive, true)), OpOutput::Queued { ahead: 0 }));
+    assert!(matches!(
+        done(&h.acquire(b, "/l", LockMode::Exclusive, true)),
+        OpOutput::Queued { ahead: 0 }
+    ));
     h.apply(Command::CloseSession { session: a });
     assert!(!h.exists("/e"));
     let info = h.db.lock(&p("/l")).unwrap();
@@ -131,8 +185,15 @@ fn a_retried_request_is_applied_once() {
     let s = h.open();
     h.create(s, "/n", b"0");
     let seq = h.next_seq(s);
-    let set = MultiOp::new().then(Op::Set { path: p("/n"), contents: b"1".to_vec() });
-    let command = Command::MultiOp { session: s, seq, op: set };
+    let set = MultiOp::new().then(Op::Set {
+        path: p("/n"),
+        contents: b"1".to_vec(),
+    });
+    let command = Command::MultiOp {
+        session: s,
+        seq,
+        op: set,
+    };
     let first = h.apply(command.clone());
     let generation = h.db.stat(&p("/n")).unwrap().content_generation;
     let digest = h.db.digest();
@@ -140,9 +201,17 @@ fn a_retried_request_is_applied_once() {
     assert_eq!(retry, first);
     assert!(h.events.is_empty());
     assert_eq!(h.db.stat(&p("/n")).unwrap().content_generation, generation);
-    assert_ne!(h.db.digest(), digest, "the applied slot moved, nothing else");
+    assert_ne!(
+        h.db.digest(),
+        digest,
+        "the applied slot moved, nothing else"
+    );
     // A retry whose body differs still answers the remembered reply: the number identifies it.
-    let other = Command::MultiOp { session: s, seq, op: MultiOp::new().then(Op::Delete { path: p("/n") }) };
+    let other = Command::MultiOp {
+        session: s,
+        seq,
+        op: MultiOp::new().then(Op::Delete { path: p("/n") }),
+    };
     assert_eq!(h.apply(other), first);
     assert!(h.exists("/n"));
 }
@@ -172,8 +241,17 @@ fn a_write_retried_after_fail_over_is_applied_once() {
         db.check_invariants();
         applied
     };
-    let changed = step(&mut new, &Command::MasterChanged { epoch: Epoch(2), now_ms: 4_000 });
-    assert_eq!(changed.events[0].kind, EventKind::MasterChanged { epoch: Epoch(2) });
+    let changed = step(
+        &mut new,
+        &Command::MasterChanged {
+            epoch: Epoch(2),
+            now_ms: 4_000,
+        },
+    );
+    assert_eq!(
+        changed.events[0].kind,
+        EventKind::MasterChanged { epoch: Epoch(2) }
+    );
     let retried = step(&mut new, &write);
     assert_eq!(retried.reply, first);
     let stat = new.stat(&p("/counter")).unwrap();
@@ -188,10 +266,18 @@ fn the_reply_cache_is_bounded_and_says_when_it_forgot() {
     let total = SESSION_REPLIES_MAX as u64 + 3;
     for seq in 2..=total + 1 {
         let op = MultiOp::new().then(Op::Read { path: p("/x") });
-        h.apply(Command::MultiOp { session: s, seq: RequestSeq(seq), op });
+        h.apply(Command::MultiOp {
+            session: s,
+            seq: RequestSeq(seq),
+            op,
+        });
     }
     let oldest_kept = total + 2 - SESSION_REPLIES_MAX as u64;
-    let retry = |seq| Command::MultiOp { session: s, seq: RequestSeq(seq), op: MultiOp::new() };
+    let retry = |seq| Command::MultiOp {
+        session: s,
+        seq: RequestSeq(seq),
+        op: MultiOp::new(),
+    };
     assert_eq!(
         h.apply(retry(oldest_kept - 1)),
         Reply::Rejected(Rejection::SeqForgotten {
@@ -199,7 +285,10 @@ fn the_reply_cache_is_bounded_and_says_when_it_forgot() {
             forgotten_below: RequestSeq(oldest_kept),
         })
     );
-    assert!(h.apply(retry(oldest_kept)).multi_op().unwrap().ops.len() == 1, "remembered");
+    assert!(
+        h.apply(retry(oldest_kept)).multi_op().unwrap().ops.len() == 1,
+        "remembered"
+    );
     // Requests may arrive out of order: a number above the forgotten ones that was never
     // applied is applied.
     let mut h = Harness::new();
@@ -224,12 +313,26 @@ fn fail_over_extends_leases_instead_of_expiring_sessions() {
     let sequencer = h.lock(a, "/l", LockMode::Exclusive);
     // The old master died at 11_000; the new one takes over at 16_000, after a's lease ended.
     let reply = h.master_changed(9, 16_000);
-    assert_eq!(reply, Reply::MasterChanged { sessions_extended: 2 });
+    assert_eq!(
+        reply,
+        Reply::MasterChanged {
+            sessions_extended: 2
+        }
+    );
     for session in [a, b] {
-        assert_eq!(h.events_for(session), vec![EventKind::MasterChanged { epoch: Epoch(9) }]);
+        assert_eq!(
+            h.events_for(session),
+            vec![EventKind::MasterChanged { epoch: Epoch(9) }]
+        );
     }
-    assert_eq!(h.db.session(a).unwrap().lease_until_ms, 16_000 + LEASE_MS_DEFAULT);
-    assert_eq!(h.db.session(b).unwrap().lease_until_ms, 22_000.max(16_000 + LEASE_MS_DEFAULT));
+    assert_eq!(
+        h.db.session(a).unwrap().lease_until_ms,
+        16_000 + LEASE_MS_DEFAULT
+    );
+    assert_eq!(
+        h.db.session(b).unwrap().lease_until_ms,
+        22_000.max(16_000 + LEASE_MS_DEFAULT)
+    );
     assert_eq!(h.db.master_epoch(), Some(Epoch(9)));
     assert!(h.tick(16_001).is_empty(), "nobody expires at the fail-over");
     assert!(h.db.check_sequencer(&sequencer).is_ok());
@@ -242,21 +345,72 @@ fn fail_over_extends_leases_instead_of_expiring_sessions() {
 #[test]
 fn expiry_is_identical_on_every_replica() {
     let mut commands = vec![
-        Command::OpenSession { now_ms: 0, lease_ms: None },
-        Command::OpenSession { now_ms: 0, lease_ms: Some(5_000) },
-        Command::OpenSession { now_ms: 0, lease_ms: Some(5_000) },
+        Command::OpenSession {
+            now_ms: 0,
+            lease_ms: None,
+        },
+        Command::OpenSession {
+            now_ms: 0,
+            lease_ms: Some(5_000),
+        },
+        Command::OpenSession {
+            now_ms: 0,
+            lease_ms: Some(5_000),
+        },
     ];
     let s = |n| SessionId(n);
     let mut seq = 0;
     let mut req = |session, op: MultiOp| {
         seq += 1;
-        Command::MultiOp { session, seq: RequestSeq(seq), op }
+        Command::MultiOp {
+            session,
+            seq: RequestSeq(seq),
+            op,
+        }
     };
-    commands.push(req(s(1), MultiOp::new().then(Op::create_directory(p("/d"))).then(Op::create_file(p("/l"), vec![]))));
-    commands.push(req(s(2), MultiOp::new().then(Op::create_ephemeral(p("/d/two"), vec![])).then(Op::Acquire { path: p("/l"), mode: LockMode::Shared, wait: false })));
-    commands.push(req(s(3), MultiOp::new().then(Op::create_ephemeral(p("/d/three"), vec![])).then(Op::Acquire { path: p("/l"), mode: LockMode::Shared, wait: false })));
-    commands.push(req(s(1), MultiOp::new().then(Op::Watch { path: p("/d"), kinds: WatchKinds::ALL }).then(Op::Acquire { path: p("/l"), mode: LockMode::Exclusive, wait: true })));
-    commands.push(Command::KeepAlive { session: s(1), now_ms: 4_000 });
+    commands.push(req(
+        s(1),
+        MultiOp::new()
+            .then(Op::create_directory(p("/d")))
+            .then(Op::create_file(p("/l"), vec![])),
+    ));
+    commands.push(req(
+        s(2),
+        MultiOp::new()
+            .then(Op::create_ephemeral(p("/d/two"), vec![]))
+            .then(Op::Acquire {
+                path: p("/l"),
+                mode: LockMode::Shared,
+                wait: false,
+            }),
+    ));
+    commands.push(req(
+        s(3),
+        MultiOp::new()
+            .then(Op::create_ephemeral(p("/d/three"), vec![]))
+            .then(Op::Acquire {
+                path: p("/l"),
+                mode: LockMode::Shared,
+                wait: false,
+            }),
+    ));
+    commands.push(req(
+        s(1),
+        MultiOp::new()
+            .then(Op::Watch {
+                path: p("/d"),
+                kinds: WatchKinds::ALL,
+            })
+            .then(Op::Acquire {
+                path: p("/l"),
+                mode: LockMode::Exclusive,
+                wait: true,
+            }),
+    ));
+    commands.push(Command::KeepAlive {
+        session: s(1),
+        now_ms: 4_000,
+    });
     commands.push(Command::Tick { now_ms: 5_000 });
     commands.push(Command::Tick { now_ms: 16_000 });
     let run = || {
@@ -277,7 +431,12 @@ fn expiry_is_identical_on_every_replica() {
     assert_eq!(first, second);
     assert_eq!(digest, digest2);
     let expired = &first[first.len() - 2];
-    assert_eq!(expired.reply, Reply::Ticked { expired: vec![s(2), s(3)] });
+    assert_eq!(
+        expired.reply,
+        Reply::Ticked {
+            expired: vec![s(2), s(3)]
+        }
+    );
     // Session 1 watched /d: it hears both ephemerals go, in session order.
     let removed: Vec<_> = expired
         .events
@@ -290,7 +449,9 @@ fn expiry_is_identical_on_every_replica() {
         removed,
         vec![
             EventKind::ChildRemoved { path: p("/d/two") },
-            EventKind::ChildRemoved { path: p("/d/three") }
+            EventKind::ChildRemoved {
+                path: p("/d/three")
+            }
         ]
     );
 }

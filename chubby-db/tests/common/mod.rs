@@ -109,7 +109,13 @@ impl Harness {
         self.ok(session, Op::create_directory(p(path)));
     }
 
-    pub fn acquire(&mut self, session: SessionId, path: &str, mode: LockMode, wait: bool) -> OpResult {
+    pub fn acquire(
+        &mut self,
+        session: SessionId,
+        path: &str,
+        mode: LockMode,
+        wait: bool,
+    ) -> OpResult {
         self.op(
             session,
             Op::Acquire {
