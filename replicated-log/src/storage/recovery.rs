@@ -161,11 +161,11 @@ pub(crate) fn recover<V: Vfs>(
         Err(d) => return damaged(d),
     };
     if chain.records.is_empty() {
-        // No batch ever completed since the very first segment: nothing was acknowledged, and
-        // any snapshot file is one no durable record refers to.
+        // No batch ever completed since the very first segment: nothing was acknowledged (a crash
+        // between set_identity and the first sync), and any snapshot file is one no durable record
+        // refers to.
         let fresh = base == 0 && segments[0].seq == 0 && chain.next_batch == 0;
         if fresh {
-            // set_identity ran but no record was ever synced: nothing was acknowledged.
             return Ok(Recovery::Empty {
                 leftovers: listing.files(),
             });
@@ -177,46 +177,77 @@ pub(crate) fn recover<V: Vfs>(
         let file = &segments[base].path;
         return damaged(damage(Some(file), None, DamageKind::IdentityMissing));
     };
+    let place = Place {
+        vfs,
+        dir,
+        listing,
+        options,
+    };
+    match recover_state(&place, identity, &segments[..], base, chain)? {
+        Ok(recovered) => Ok(Recovery::Recovered(Box::new(recovered))),
+        Err(d) => damaged(d),
+    }
+}
+
+/// Where recovery looks, and how.
+struct Place<'a, V: Vfs> {
+    vfs: &'a V,
+    dir: &'a Path,
+    listing: &'a Listing,
+    options: &'a StorageOptions,
+}
+
+/// The state of a chain that holds records, checked against the identity and the snapshot files.
+fn recover_state<V: Vfs>(
+    place: &Place<'_, V>,
+    identity: Identity,
+    segments: &[Segment],
+    base: usize,
+    chain: Chain,
+) -> Result<Result<Recovered, Damage>, StorageError> {
+    let Place {
+        vfs,
+        dir,
+        listing,
+        options,
+    } = place;
+    let last = segments.last().expect("segments are present");
     if let Tail::Torn { start, end, .. } = chain.tail {
         if !options.repair_torn_tail {
-            let last = &segments.last().expect("segments are present").path;
             let kind = DamageKind::TornTail { bytes: end - start };
-            return damaged(damage(Some(last), Some(start), kind));
+            return Ok(Err(damage(Some(&last.path), Some(start), kind)));
         }
     }
     let state = match fold(&segments[base..], &chain.records) {
         Ok(state) => state,
-        Err(d) => return damaged(d),
+        Err(d) => return Ok(Err(d)),
     };
     if state.node != identity.node {
         let kind = DamageKind::WrongNode {
             expected: (identity.cluster, identity.node),
             found: (identity.cluster, state.node),
         };
-        return damaged(damage(Some(&segments[base].path), None, kind));
+        return Ok(Err(damage(Some(&segments[base].path), None, kind)));
     }
-    if let Err(d) = check_snapshot(vfs, dir, listing, state.snapshot.slot)? {
-        return damaged(d);
+    if let Err(d) = check_snapshot(*vfs, dir, listing, state.snapshot.slot)? {
+        return Ok(Err(d));
     }
-    let mut obsolete: Vec<String> = segments[..base]
+    let superseded = segments[..base].iter().map(|s| names::segment(s.seq));
+    let unreferenced = listing
+        .snapshots
         .iter()
-        .map(|s| names::segment(s.seq))
+        .filter(|slot| **slot != state.snapshot.slot)
+        .map(|slot| names::snapshot(*slot));
+    let obsolete = superseded
+        .chain(unreferenced)
+        .chain(listing.temps.iter().cloned())
         .collect();
-    obsolete.extend(
-        listing
-            .snapshots
-            .iter()
-            .filter(|slot| **slot != state.snapshot.slot)
-            .map(|slot| names::snapshot(*slot)),
-    );
-    obsolete.extend(listing.temps.iter().cloned());
-    let last = segments.last().expect("segments are present");
     let last_capacity = if options.preallocate {
         chain.last_len
     } else {
         format::align_up(chain.last_len).max(options.segment_bytes)
     };
-    Ok(Recovery::Recovered(Box::new(Recovered {
+    Ok(Ok(Recovered {
         identity,
         state,
         last_seq: last.seq,
@@ -224,7 +255,7 @@ pub(crate) fn recover<V: Vfs>(
         tail: chain.tail,
         next_batch: chain.next_batch,
         obsolete,
-    })))
+    }))
 }
 
 /// `Ok(Ok(None))`: no identity file.
