@@ -96,8 +96,9 @@ pub struct Entry {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
-    /// Opaque application bytes: the engine never looks inside.
-    App(Vec<u8>),
+    /// Opaque application bytes: the engine never looks inside. Encoded as one byte string, not a
+    /// sequence of numbers: the same postcard bytes, written and read in one copy.
+    App(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A membership change; it takes effect `window` slots after the slot that holds it.
     Reconfigure(MembershipChange),
     /// PML section 6: every replica computes a digest of its state at this slot and compares.
