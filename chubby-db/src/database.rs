@@ -67,19 +67,7 @@ impl Database {
     /// Applies one command taken from `slot` of the log. Slots must not go backwards (several
     /// commands may share one).
     pub fn apply(&mut self, slot: Slot, command: &Command) -> Applied {
-        assert!(
-            slot >= self.state.applied,
-            "apply out of order: {slot} after {}",
-            self.state.applied
-        );
-        assert!(
-            self.journal.is_empty() && self.events.is_empty(),
-            "scratch left over from the previous command"
-        );
-        if slot > self.state.applied {
-            self.state.applied = slot;
-            self.state.next_event = 0;
-        }
+        self.begin(slot);
         let reply = match command {
             Command::OpenSession { now_ms, lease_ms } => self.on_open_session(*now_ms, *lease_ms),
             Command::KeepAlive { session, now_ms } => self.on_keep_alive(*session, *now_ms),
@@ -101,16 +89,29 @@ impl Database {
         match Command::decode(entry) {
             Ok(command) => self.apply(slot, &command),
             Err(error) => {
-                assert!(slot >= self.state.applied, "apply out of order: {slot}");
-                if slot > self.state.applied {
-                    self.state.applied = slot;
-                    self.state.next_event = 0;
-                }
+                self.begin(slot);
                 Applied {
                     reply: Reply::Rejected(Rejection::Undecodable(error)),
                     events: Vec::new(),
                 }
             }
+        }
+    }
+
+    /// Moves to `slot`; a new slot numbers its events from 0.
+    fn begin(&mut self, slot: Slot) {
+        assert!(
+            slot >= self.state.applied,
+            "apply out of order: {slot} after {}",
+            self.state.applied
+        );
+        assert!(
+            self.journal.is_empty() && self.events.is_empty(),
+            "scratch left over from the previous command"
+        );
+        if slot > self.state.applied {
+            self.state.applied = slot;
+            self.state.next_event = 0;
         }
     }
 

@@ -156,7 +156,7 @@ impl Database {
         assert!(lock.holders.admit(mode), "granting a conflicting lock");
         assert!(lock.holders.held_by(session).is_none(), "granting twice");
         let old = self.state.nodes[path].clone();
-        let generation = old.lock_generation + 1;
+        let generation = old.lock_generation.saturating_add(1);
         let node = Node {
             lock_generation: generation,
             ..(*old).clone()

@@ -82,7 +82,7 @@ impl Database {
         }
         self.check_contents(contents)?;
         let node = Node {
-            content_generation: old.content_generation + 1,
+            content_generation: old.content_generation.saturating_add(1),
             checksum: content_checksum(contents),
             contents: Arc::from(contents),
             ..(*old).clone()

@@ -25,7 +25,7 @@ impl Database {
             return Reply::Rejected(Rejection::InvalidLease { lease_ms });
         }
         let session = SessionId(self.state.next_session);
-        self.state.next_session += 1;
+        self.state.next_session = self.state.next_session.saturating_add(1);
         let lease_until_ms = self.state.now_ms.saturating_add(lease_ms);
         let record = Session {
             lease_ms,

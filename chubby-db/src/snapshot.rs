@@ -316,6 +316,49 @@ mod tests {
         assert_eq!(payload_hash.finish(), db.digest());
     }
 
+    /// A snapshot whose checksum matches but whose state breaks an invariant (written by a
+    /// buggy or hostile writer) is refused, not trusted.
+    #[test]
+    fn consistent_bytes_of_an_inconsistent_state_are_invalid() {
+        use crate::state::Node;
+        use crate::NodePath;
+        use std::sync::Arc;
+
+        let mut db = Database::new(Config::default());
+        Arc::make_mut(&mut db.state.nodes).clear();
+        let bytes = db.snapshot().to_bytes();
+        assert!(matches!(
+            decode(&bytes),
+            Err(RestoreError::Invalid("the root is absent"))
+        ));
+
+        let mut db = Database::new(Config::default());
+        let orphan = Node {
+            instance: 1,
+            ..(*db.state.nodes[&NodePath::root()]).clone()
+        };
+        let path = NodePath::new("/a/b").unwrap();
+        Arc::make_mut(&mut db.state.nodes).insert(path, Arc::new(orphan.clone()));
+        let bytes = db.snapshot().to_bytes();
+        assert!(matches!(decode(&bytes), Err(RestoreError::Invalid(_))));
+
+        let mut db = Database::new(Config::default());
+        let tampered = Node {
+            kind: crate::NodeKind::File,
+            contents: Arc::from(&b"x"[..]),
+            ..orphan
+        };
+        let path = NodePath::new("/f").unwrap();
+        Arc::make_mut(&mut db.state.nodes).insert(path, Arc::new(tampered));
+        let bytes = db.snapshot().to_bytes();
+        assert!(matches!(
+            decode(&bytes),
+            Err(RestoreError::Invalid(
+                "a node's checksum does not match its contents"
+            ))
+        ));
+    }
+
     #[test]
     fn io_errors_surface() {
         struct Broken;

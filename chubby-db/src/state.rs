@@ -311,7 +311,7 @@ impl State {
         }
         if lock
             .delay_until_ms
-            .is_some_and(|t| t > self.now_ms + LOCK_DELAY_MS_MAX)
+            .is_some_and(|t| t > self.now_ms.saturating_add(LOCK_DELAY_MS_MAX))
         {
             return Some("a lock-delay ends too far in the future");
         }
@@ -484,7 +484,7 @@ impl Database {
     pub(crate) fn take_instance(&mut self) -> u64 {
         let instance = self.state.next_instance;
         self.journal.push(Undo::NextInstance(instance));
-        self.state.next_instance += 1;
+        self.state.next_instance = self.state.next_instance.saturating_add(1);
         instance
     }
 
