@@ -6,7 +6,7 @@ use crate::durable::SlotState;
 use crate::message::{
     Accept, Accepted, Heartbeat, HeartbeatAck, Message, Nack, Prepare, Promise, Reported,
 };
-use crate::replica::{queue_sends, InFlight, Master, Outstanding, Replica, Role, Voter};
+use crate::replica::{queue_sends, InFlight, Master, Outstanding, Replica, Role, Voter, Votes};
 use crate::slot_map::SlotMap;
 use crate::types::{
     Ballot, Entry, EntryId, EntryKind, Epoch, MembershipChange, NodeId, Slot, Value,
@@ -237,7 +237,7 @@ impl Replica {
             slot,
             InFlight {
                 value,
-                votes: Vec::new(),
+                votes: Votes::new(),
                 sent_at: self.now,
             },
         );
@@ -334,13 +334,11 @@ impl Replica {
         let Some(flight) = master.in_flight.get_mut(accepted.slot) else {
             return;
         };
-        if !flight.votes.contains(&voter) {
-            flight.votes.push(voter);
-        }
+        flight.votes.insert(voter);
         let config = self.membership.config_at(accepted.slot);
         // Fewer votes than a quorum cannot hold a quorum of voters: skip the count.
         if flight.votes.len() < config.quorum()
-            || config.count_voters(&flight.votes) < config.quorum()
+            || config.count_voters(flight.votes.iter()) < config.quorum()
         {
             return;
         }

@@ -69,8 +69,8 @@ pub(crate) enum Role {
 
 pub(crate) struct InFlight {
     pub value: Value,
-    /// Distinct voters that accepted (a handful: a vector beats a tree here).
-    pub votes: Vec<Voter>,
+    /// Distinct voters that accepted.
+    pub votes: Votes,
     /// When the accept was last sent: it is sent again after `retry_interval_ticks` without a quorum.
     pub sent_at: u64,
 }
@@ -166,6 +166,44 @@ pub(crate) struct WindowPeers {
     key: Option<(u64, usize, usize)>,
     pub members: Vec<NodeId>,
     pub voters: Vec<NodeId>,
+}
+
+/// Distinct voters, the first few stored inline: a slot's votes come from a handful of voters, and
+/// a proposal should not cost an allocation for them.
+pub(crate) struct Votes {
+    inline: [Voter; VOTES_INLINE],
+    len: usize,
+    more: Vec<Voter>,
+}
+
+const VOTES_INLINE: usize = 5;
+
+impl Votes {
+    pub(crate) fn new() -> Votes {
+        Votes {
+            inline: [(NodeId(0), Incarnation(0)); VOTES_INLINE],
+            len: 0,
+            more: Vec::new(),
+        }
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.len + self.more.len()
+    }
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Voter> + Clone {
+        self.inline[..self.len].iter().chain(self.more.iter())
+    }
+    /// Adds `voter` unless it is there already.
+    pub(crate) fn insert(&mut self, voter: Voter) {
+        if self.iter().any(|v| *v == voter) {
+            return;
+        }
+        if self.len < VOTES_INLINE {
+            self.inline[self.len] = voter;
+            self.len += 1;
+        } else {
+            self.more.push(voter);
+        }
+    }
 }
 
 /// A master's state, owned by the `Role::Master` variant.
@@ -765,8 +803,10 @@ impl Replica {
 
     /// True if `voters` hold a majority of every config in the window.
     pub(crate) fn quorum_of_window(&self, voters: &BTreeSet<Voter>) -> bool {
-        self.window_configs()
-            .all(|config| config.count_voters(voters) >= config.quorum())
+        // Fewer voters than a quorum cannot hold one: skip the count.
+        self.window_configs().all(|config| {
+            voters.len() >= config.quorum() && config.count_voters(voters) >= config.quorum()
+        })
     }
 
     pub(crate) fn is_voter_now(&self) -> bool {

@@ -107,10 +107,47 @@ impl<T> SlotMap<T> {
     }
 }
 
+/// Durable accepts for one slot by ballot: the value and who accepted it (each voter once). A slot
+/// sees a ballot or two and a handful of voters: the lowest ballot is kept inline, the others in a
+/// vector in ballot order.
 struct SlotVotes {
-    /// Durable accepts by ballot, in ballot order: the value and who accepted it (each voter once).
-    /// A slot sees a ballot or two and a handful of voters: vectors beat trees here.
-    by_ballot: Vec<(Ballot, Value, Voters)>,
+    first: (Ballot, Value, Voters),
+    /// Ballots above `first`'s, in order.
+    rest: Vec<(Ballot, Value, Voters)>,
+}
+
+impl SlotVotes {
+    fn new(ballot: Ballot, value: &Value) -> SlotVotes {
+        SlotVotes {
+            first: (ballot, value.clone(), Voters::new()),
+            rest: Vec::new(),
+        }
+    }
+
+    /// The votes under `ballot`, made with `value` if there were none.
+    fn entry(&mut self, ballot: Ballot, value: &Value) -> &mut (Ballot, Value, Voters) {
+        if ballot < self.first.0 {
+            let first = std::mem::replace(&mut self.first, (ballot, value.clone(), Voters::new()));
+            self.rest.insert(0, first);
+        }
+        if ballot == self.first.0 {
+            return &mut self.first;
+        }
+        let index = match self.rest.binary_search_by_key(&ballot, |(b, _, _)| *b) {
+            Ok(index) => index,
+            Err(index) => {
+                self.rest
+                    .insert(index, (ballot, value.clone(), Voters::new()));
+                index
+            }
+        };
+        &mut self.rest[index]
+    }
+
+    /// Every ballot's votes, in ballot order.
+    fn iter(&self) -> impl Iterator<Item = &(Ballot, Value, Voters)> {
+        std::iter::once(&self.first).chain(self.rest.iter())
+    }
 }
 
 /// Distinct voters, the first few stored inline (a slot's votes come from a handful of voters).
@@ -221,22 +258,10 @@ impl Oracle {
         ballot: Ballot,
         value: &Value,
     ) {
-        let votes = self.votes.get_or_insert_with(slot, || SlotVotes {
-            by_ballot: Vec::with_capacity(1),
-        });
-        let index = match votes
-            .by_ballot
-            .binary_search_by_key(&ballot, |(b, _, _)| *b)
-        {
-            Ok(index) => index,
-            Err(index) => {
-                votes
-                    .by_ballot
-                    .insert(index, (ballot, value.clone(), Voters::new()));
-                index
-            }
-        };
-        let (_, held, voters) = &mut votes.by_ballot[index];
+        let votes = self
+            .votes
+            .get_or_insert_with(slot, || SlotVotes::new(ballot, value));
+        let (_, held, voters) = votes.entry(ballot, value);
         if held != value {
             let detail = format!("two values accepted for {slot} under one ballot {ballot}");
             self.fail(Check::OneValuePerSlot, now, detail);
@@ -258,7 +283,8 @@ impl Oracle {
         };
         let config = self.membership.config_at(slot);
         let mut newly: Option<Value> = None;
-        for (ballot, value, voters) in &votes.by_ballot {
+        let mut second: Option<Ballot> = None;
+        for (ballot, value, voters) in votes.iter() {
             // Fewer voters than a quorum cannot hold a quorum of the config's voters.
             if voters.len() < config.quorum()
                 || config.count_voters(voters.iter()) < config.quorum()
@@ -267,13 +293,17 @@ impl Oracle {
             }
             match self.chosen.get(&slot).or(newly.as_ref()) {
                 Some(chosen) if chosen != value => {
-                    let detail = format!("{slot} chose two values (the second under {ballot})");
-                    self.fail(Check::OneValuePerSlot, now, detail);
-                    return;
+                    second = Some(*ballot);
+                    break;
                 }
                 Some(_) => {}
                 None => newly = Some(value.clone()),
             }
+        }
+        if let Some(ballot) = second {
+            let detail = format!("{slot} chose two values (the second under {ballot})");
+            self.fail(Check::OneValuePerSlot, now, detail);
+            return;
         }
         if let Some(value) = newly {
             self.on_chosen(now, slot, value);

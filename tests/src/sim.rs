@@ -767,22 +767,24 @@ impl Sim {
         } else {
             1
         };
-        let mut envelope = Some(outgoing.envelope);
-        for copy in 1..=copies {
-            let span = self.options.delay_max_ns - self.options.delay_min_ns;
-            let mut delay = self.options.delay_min_ns + self.rng.below(span);
-            if self.faults_on && self.rng.chance(self.options.long_delay_ppm) {
-                delay += self.rng.below(self.options.long_delay_max_ns);
-            }
-            // The last copy takes the envelope itself.
-            let envelope = if copy < copies {
-                envelope.clone()
-            } else {
-                envelope.take()
-            };
-            let envelope = envelope.expect("moved only into the last copy");
+        let envelope = outgoing.envelope;
+        if copies == 2 {
+            let delay = self.network_delay();
+            let envelope = envelope.clone();
             self.schedule(delay, Event::Deliver { to, envelope });
         }
+        let delay = self.network_delay();
+        self.schedule(delay, Event::Deliver { to, envelope });
+    }
+
+    /// How long one copy of a message takes.
+    fn network_delay(&mut self) -> u64 {
+        let span = self.options.delay_max_ns - self.options.delay_min_ns;
+        let mut delay = self.options.delay_min_ns + self.rng.below(span);
+        if self.faults_on && self.rng.chance(self.options.long_delay_ppm) {
+            delay += self.rng.below(self.options.long_delay_max_ns);
+        }
+        delay
     }
 
     fn index_of(&self, id: NodeId) -> Option<usize> {
