@@ -222,9 +222,8 @@ fn apply_checked(db: &mut Database, i: usize, command: &Command) -> (Reply, Vec<
     (applied.reply, applied.events)
 }
 
+// 256 cases each by default; `PROPTEST_CASES=5000` for a longer run.
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-
     #[test]
     fn replicas_fed_the_same_commands_agree(commands in commands()) {
         let mut a = Database::new(Default::default());
