@@ -73,7 +73,8 @@ pub struct SyncReport {
 }
 
 /// Totals since `open`, for the driver's metrics. Durations are measured by the caller: storage
-/// reads no clock, so the simulator stays deterministic.
+/// reads no clock, so the simulator stays deterministic. Snapshot writers run on other threads and
+/// are not counted here.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StorageMetrics {
     /// fdatasync calls on files (batches, segment creation, identity).
