@@ -53,14 +53,14 @@
 //! ```
 
 pub mod command;
-pub mod event;
-pub mod limits;
-pub mod path;
 pub mod reply;
-pub mod types;
+
+/// The client-visible data model lives in `chubby-proto`; these modules keep their old paths.
+pub use chubby_proto::{event, limits, path, types};
+
+pub(crate) use chubby_proto::hash;
 
 mod database;
-mod hash;
 mod locks;
 mod multiop;
 mod namespace;

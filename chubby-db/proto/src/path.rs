@@ -102,9 +102,9 @@ impl NodePath {
 
     /// A key that sorts after every descendant of `self` and before every node that sorts after
     /// `self` and is not its descendant: `self` followed by U+0001, which no valid name holds and
-    /// which sorts above `/` and below every byte a name may hold. Only used as a range bound, and
-    /// never for the root, whose subtree is every other path.
-    pub(crate) fn subtree_end(&self) -> NodePath {
+    /// which sorts above `/` and below every byte a name may hold. Only for use as a range bound
+    /// (it is not a valid path), and never for the root, whose subtree is every other path.
+    pub fn subtree_end(&self) -> NodePath {
         NodePath(Arc::from(format!("{}\u{1}", self.0)))
     }
 }

@@ -19,7 +19,13 @@ pub fn content_checksum(contents: &[u8]) -> u64 {
 
 /// An incremental FNV-1a 64 hasher, also an `io::Write` sink so serializers can stream into it.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Fnv1a(u64);
+pub struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Fnv1a {
+        Fnv1a::new()
+    }
+}
 
 impl Fnv1a {
     pub fn new() -> Fnv1a {

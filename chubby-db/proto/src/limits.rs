@@ -1,7 +1,7 @@
 //! Named limits, units last. Relations between them are checked at compile time below.
 //!
 //! Limits that every replica must agree on are either constants here or fields of
-//! [`crate::Config`], which is part of the replicated state (it travels in snapshots and feeds the
+//! `chubby_db::Config`, which is part of the replicated state (it travels in snapshots and feeds the
 //! digest), so two replicas can never apply the same command under different limits.
 
 /// Longest path, in bytes of UTF-8, including the leading `/`.
@@ -9,12 +9,12 @@ pub const PATH_BYTES_MAX: usize = 1024;
 /// Longest single name (path component), in bytes of UTF-8.
 pub const NAME_BYTES_MAX: usize = 255;
 
-/// Default for [`crate::Config::contents_bytes_max`]: the largest contents of one file.
+/// Default for `chubby_db::Config::contents_bytes_max`: the largest contents of one file.
 pub const CONTENTS_BYTES_MAX_DEFAULT: u32 = 256 * 1024;
-/// The most [`crate::Config::contents_bytes_max`] may be set to.
+/// The most `chubby_db::Config::contents_bytes_max` may be set to.
 pub const CONTENTS_BYTES_MAX_CEILING: u32 = 512 * 1024;
 
-/// Largest encoded command [`crate::Command::decode`] accepts, in bytes.
+/// Largest encoded command `chubby_db::Command::decode` accepts, in bytes.
 pub const COMMAND_BYTES_MAX: usize = 1024 * 1024;
 /// Most tests in one MultiOp guard.
 pub const GUARD_TESTS_MAX: usize = 64;
@@ -34,7 +34,7 @@ pub const LEASE_MS_MAX: u64 = 60_000;
 
 /// Longest lock-delay a lock may have (Chubby's one minute).
 pub const LOCK_DELAY_MS_MAX: u64 = 60_000;
-/// Default for [`crate::Config::lock_delay_ms_default`].
+/// Default for `chubby_db::Config::lock_delay_ms_default`.
 pub const LOCK_DELAY_MS_DEFAULT: u64 = 10_000;
 
 /// Most replies a session's reply cache remembers for exactly-once retries (the highest request

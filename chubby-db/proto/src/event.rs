@@ -5,7 +5,7 @@
 //! ones it already saw. They are not kept in the replicated state: a client that misses some
 //! (its server failed over) is told so by [`EventKind::MasterChanged`] and re-reads.
 
-use crate::command::{DecodeError, LockMode, Sequencer};
+use crate::multiop::{DecodeError, LockMode, Sequencer};
 use crate::path::NodePath;
 use crate::types::{Epoch, EventId, SessionId};
 use serde::{Deserialize, Serialize};
