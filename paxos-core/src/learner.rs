@@ -29,9 +29,8 @@ impl Replica {
         let mut slot = self.chosen_through.next();
         while slot <= through {
             match self.log.get(slot) {
-                Some(SlotState::Accepted { ballot: b, value }) if *b == ballot || ignore_ballot => {
-                    let value = value.clone();
-                    self.record_chosen(slot, value);
+                Some(SlotState::Accepted { ballot: b, .. }) if *b == ballot || ignore_ballot => {
+                    self.choose_accepted(slot);
                 }
                 Some(SlotState::Chosen { .. }) => {}
                 _ => break,
@@ -42,6 +41,21 @@ impl Replica {
         if self.chosen_through < through {
             self.request_catch_up(from);
         }
+    }
+
+    /// The value this replica accepted for `slot` (not behind the snapshot) is chosen: as
+    /// `record_chosen`, turning the log's state over in place.
+    fn choose_accepted(&mut self, slot: Slot) {
+        let mut chosen = None;
+        self.log.replace_with(slot, |state| {
+            let value = match state {
+                SlotState::Accepted { value, .. } | SlotState::Chosen { value } => value,
+            };
+            chosen = Some(value.clone());
+            SlotState::Chosen { value }
+        });
+        let value = chosen.expect("the slot holds an accepted value");
+        self.persist_quietly(Record::Chosen { slot, value });
     }
 
     pub(crate) fn record_chosen(&mut self, slot: Slot, value: Value) {
@@ -64,11 +78,16 @@ impl Replica {
             self.chosen_through = self.chosen_through.next();
             let slot = self.chosen_through;
             let refused = self.apply_membership(slot, &value);
-            self.actions.push_back(Action::Apply {
-                slot,
-                value: value.clone(),
-            });
-            self.acknowledge(slot, &value, &refused);
+            if matches!(self.role, Role::Master(_)) {
+                self.actions.push_back(Action::Apply {
+                    slot,
+                    value: value.clone(),
+                });
+                self.acknowledge(slot, &value, &refused);
+            } else {
+                // Only a master acknowledges: nothing else needs the value.
+                self.actions.push_back(Action::Apply { slot, value });
+            }
         }
         self.known_chosen = self.known_chosen.max(self.chosen_through);
         if let Role::Master(master) = &mut self.role {

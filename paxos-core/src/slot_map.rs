@@ -96,6 +96,16 @@ impl<T> SlotMap<T> {
         previous
     }
 
+    /// Replaces the item at `slot` (which must hold one) with `f` of it, moving rather than
+    /// copying it.
+    pub(crate) fn replace_with(&mut self, slot: Slot, f: impl FnOnce(T) -> T) {
+        let index = self.index(slot).expect("replace_with needs an item");
+        let item = self.items[index]
+            .take()
+            .expect("replace_with needs an item");
+        self.items[index] = Some(f(item));
+    }
+
     /// Removes the item at `slot`, if any.
     pub(crate) fn remove(&mut self, slot: Slot) -> Option<T> {
         let index = self.index(slot)?;

@@ -10,5 +10,6 @@
 pub mod app;
 pub mod hash;
 pub mod oracle;
+pub mod queue;
 pub mod sim;
 pub mod sweep;

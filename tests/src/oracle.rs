@@ -91,14 +91,6 @@ impl<T> SlotMap<T> {
         }
         self.items[slot.0 as usize].as_mut().expect("just inserted")
     }
-    /// Slots in `from..=to` that hold an item.
-    fn slots_between(&self, from: Slot, to: Slot) -> Vec<Slot> {
-        let end = (to.0 as usize + 1).min(self.items.len());
-        (from.0 as usize..end)
-            .filter(|i| self.items[*i].is_some())
-            .map(|i| Slot(i as u64))
-            .collect()
-    }
     fn iter(&self) -> impl Iterator<Item = (Slot, &T)> {
         self.items
             .iter()
@@ -352,12 +344,13 @@ impl Oracle {
             self.prefix = slot;
         }
         if self.prefix > before {
-            let pending = self.votes.slots_between(
-                before.plus(self.window).next(),
-                self.prefix.plus(self.window),
-            );
-            for slot in pending {
-                self.evaluate(now, slot);
+            // Slots whose config just became decided: evaluate those that have votes.
+            let mut slot = before.plus(self.window).next();
+            while slot <= self.prefix.plus(self.window) {
+                if self.votes.get(&slot).is_some() {
+                    self.evaluate(now, slot);
+                }
+                slot = slot.next();
             }
         }
     }

@@ -10,13 +10,13 @@
 use crate::app::{encode, Fnv, Register};
 use crate::hash::{FastMap, FastSet};
 use crate::oracle::{Check, Oracle, Violation};
+use crate::queue::{EventQueue, Scheduled};
 use paxos_core::rng::Rng;
 use paxos_core::{
     Action, Config, DurableState, EntryId, Envelope, Epoch, Incarnation, MembershipChange, Message,
     NodeId, PlantedBugs, Record, Replica, RoleKind, Settings, Slot, SnapshotHandle,
 };
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 const MS: u64 = 1_000_000;
 const SECOND: u64 = 1_000_000_000;
@@ -170,30 +170,6 @@ enum Event {
     StartLiveness,
 }
 
-/// A heap entry: small, so the heap moves little; the event itself waits in a slab.
-struct Scheduled {
-    at: u64,
-    seq: u64,
-    index: usize,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq)) // min-heap
-    }
-}
-
 /// One batch of records waiting for its sync, and the messages it releases.
 struct PendingSync {
     records: Vec<Record>,
@@ -283,7 +259,8 @@ pub struct Sim {
     rng: Rng,
     now: u64,
     seq: u64,
-    queue: BinaryHeap<Scheduled>,
+    /// When each event in the slab is due.
+    queue: EventQueue,
     slab: Vec<Option<Event>>,
     free: Vec<usize>,
     nodes: Vec<Node>,
@@ -329,7 +306,7 @@ impl Sim {
             rng,
             now: 0,
             seq: 0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::new(),
             slab: Vec::new(),
             free: Vec::new(),
             blocked: vec![vec![false; 16]; 16],
@@ -998,16 +975,13 @@ impl Sim {
         let next = interval / 2 + self.rng.below(interval);
         self.schedule(next, Event::Submit);
         // Clients go to a replica that believes it is master (stale ones included), sometimes anywhere.
-        let masters: Vec<usize> = (0..self.nodes.len())
-            .filter(|i| {
-                self.nodes[*i]
-                    .engine
-                    .as_ref()
-                    .is_some_and(|e| e.epoch().is_some())
-            })
-            .collect();
-        let target = if !masters.is_empty() && self.rng.chance(900_000) {
-            Some(masters[self.rng.below(masters.len() as u64) as usize])
+        let is_master = |n: &Node| n.engine.as_ref().is_some_and(|e| e.epoch().is_some());
+        let masters = self.nodes.iter().filter(|n| is_master(n)).count();
+        let target = if masters > 0 && self.rng.chance(900_000) {
+            let nth = self.rng.below(masters as u64) as usize;
+            (0..self.nodes.len())
+                .filter(|i| is_master(&self.nodes[*i]))
+                .nth(nth)
         } else {
             Some(self.rng.below(self.nodes.len() as u64) as usize)
         };
