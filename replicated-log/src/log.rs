@@ -144,6 +144,7 @@ impl<M: StateMachine> Log<M> {
             done: done_tx.clone(),
             stats: stats.clone(),
             latest: latest.clone(),
+            jobs_tx: jobs_tx.downgrade(),
         };
         writer.refresh_latest();
         std::thread::Builder::new()

@@ -23,6 +23,11 @@ pub(crate) enum Job<V: Vfs> {
     InstallReceived { path: PathBuf },
     /// Move the damaged state aside before a rebuild.
     Quarantine,
+    /// The spare segment asked for is zero-filled and synced (or failed).
+    SpareReady {
+        path: PathBuf,
+        result: Result<(), StorageError>,
+    },
     #[allow(dead_code)]
     _Vfs(std::marker::PhantomData<V>),
 }
@@ -91,6 +96,9 @@ pub(crate) struct Writer<V: Vfs> {
     pub done: mpsc::UnboundedSender<Done<V>>,
     pub stats: Arc<Mutex<WriterStats>>,
     pub latest: Arc<LatestSnapshot>,
+    /// To report a spare segment made on another thread; weak, so the queue still closes when the
+    /// driver goes.
+    pub jobs_tx: mpsc::WeakUnboundedSender<Job<V>>,
 }
 
 impl<V: Vfs> Writer<V> {
@@ -106,6 +114,7 @@ impl<V: Vfs> Writer<V> {
                 let _ = self.done.send(Done::Fatal(error));
                 return;
             }
+            self.prepare_spare();
         }
     }
 
@@ -131,6 +140,26 @@ impl<V: Vfs> Writer<V> {
             self.sync(ticket)?;
         }
         Ok(())
+    }
+
+    /// Zero-fills the next segment on a helper thread, so the sync that rolls to it does not.
+    fn prepare_spare(&mut self) {
+        let Some((path, capacity)) = self.storage.spare_wanted() else {
+            return;
+        };
+        let vfs = self.storage.vfs().clone();
+        let jobs = self.jobs_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("wal-spare".into())
+            .spawn(move || {
+                let result = crate::storage::prepare_spare(&vfs, &path, capacity);
+                if let Some(jobs) = jobs.upgrade() {
+                    let _ = jobs.send(Job::SpareReady { path, result });
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot start the spare-segment thread");
+        }
     }
 
     fn sync(&mut self, ticket: u64) -> Result<(), StorageError> {
@@ -188,6 +217,7 @@ impl<V: Vfs> Writer<V> {
                 self.refresh_latest();
                 let _ = self.done.send(Done::SnapshotReceived(result));
             }
+            Job::SpareReady { path, result } => self.storage.spare_ready(path, result),
             Job::Quarantine => {
                 let result = self.storage.quarantine();
                 let _ = self.done.send(Done::Quarantined(result));

@@ -38,3 +38,4 @@ pub use recovery::TornTail;
 pub use snapshot::{verify_snapshot, SnapshotFiles, SnapshotReader, SnapshotWriter};
 pub use store::{Opened, Storage, StorageMetrics, StorageOptions, SyncReport};
 pub use vfs::{DirEntry, FileVfs, FsFile, Vfs, VfsFile};
+pub use wal::prepare_spare;

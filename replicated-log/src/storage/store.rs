@@ -131,6 +131,19 @@ pub struct Storage<V: Vfs> {
     /// Numbers temporary file names, so concurrent snapshot writers never share one.
     temp_names: Arc<AtomicU64>,
     torn_tail: Option<TornTail>,
+    spare: Spare,
+}
+
+/// The zero-filled file the next segment will use (see `spare_wanted`).
+#[derive(Debug)]
+enum Spare {
+    None,
+    /// Being prepared off the write path.
+    Requested(PathBuf),
+    /// Zero-filled and synced: `roll` and `compact` take it.
+    Ready(PathBuf),
+    /// Preparing one failed once: segments are zero-filled in place from now on.
+    Disabled,
 }
 
 #[derive(Debug)]
@@ -180,6 +193,7 @@ impl<V: Vfs> Storage<V> {
             metrics: StorageMetrics::default(),
             temp_names: Arc::new(AtomicU64::new(0)),
             torn_tail: None,
+            spare: Spare::None,
         };
         storage.ensure_dir()?;
         let listing = Listing::read(&storage.vfs, &storage.dir)?;
@@ -365,6 +379,7 @@ impl<V: Vfs> Storage<V> {
                     &header,
                     capacity,
                     self.options.preallocate,
+                    None,
                     &[],
                     counts,
                 )?;
@@ -484,6 +499,7 @@ impl<V: Vfs> Storage<V> {
 
     fn sync_inner(&mut self, counts: &mut IoCounts) -> Result<SyncReport, StorageError> {
         let (vfs, dir, options) = (&self.vfs, &self.dir, &self.options);
+        let spare = &mut self.spare;
         let Phase::Open(log) = &mut self.phase else {
             unreachable!("checked by the caller");
         };
@@ -499,7 +515,7 @@ impl<V: Vfs> Storage<V> {
                 splits && log.segment.offset > SECTOR_BYTES && frames(rest) <= fresh_room;
             if take == 0 || roll_whole {
                 let need = SECTOR_BYTES + align_up(frame_bytes(rest[0].len()));
-                roll(vfs, dir, options, log, need, counts)?;
+                roll(vfs, dir, options, log, need, take_spare(spare), counts)?;
                 self.metrics.segments_created += 1;
                 report.rolled = true;
                 continue;
@@ -511,7 +527,7 @@ impl<V: Vfs> Storage<V> {
             rest = &rest[take..];
         }
         if log.compact_due {
-            compact(vfs, dir, options, log, counts)?;
+            compact(vfs, dir, options, log, take_spare(spare), counts)?;
             self.metrics.segments_created += 1;
             self.metrics.compactions += 1;
             report.compacted = true;
@@ -584,12 +600,24 @@ fn write_batch<V: Vfs>(
 }
 
 /// Starts the next segment (at least `need` bytes).
+/// The prepared spare, if one is ready (it is used once).
+fn take_spare(spare: &mut Spare) -> Option<PathBuf> {
+    match std::mem::replace(spare, Spare::None) {
+        Spare::Ready(path) => Some(path),
+        other => {
+            *spare = other;
+            None
+        }
+    }
+}
+
 fn roll<V: Vfs>(
     vfs: &V,
     dir: &Path,
     options: &StorageOptions,
     log: &mut Log<V>,
     need: u64,
+    spare: Option<PathBuf>,
     counts: &mut IoCounts,
 ) -> Result<(), StorageError> {
     let header = SegmentHeader {
@@ -600,12 +628,14 @@ fn roll<V: Vfs>(
         node: log.identity.node,
     };
     let capacity = options.segment_bytes.max(need);
+    let spare = spare.filter(|_| capacity == options.segment_bytes);
     log.segment = create_segment(
         vfs,
         dir,
         &header,
         capacity,
         options.preallocate,
+        spare,
         &[],
         counts,
     )?;
@@ -620,6 +650,7 @@ fn compact<V: Vfs>(
     dir: &Path,
     options: &StorageOptions,
     log: &mut Log<V>,
+    spare: Option<PathBuf>,
     counts: &mut IoCounts,
 ) -> Result<(), StorageError> {
     let state = log.state.as_ref().expect("a snapshot record was folded");
@@ -643,12 +674,14 @@ fn compact<V: Vfs>(
         node: log.identity.node,
     };
     let capacity = options.segment_bytes.max(SECTOR_BYTES + batch.len() as u64);
+    let spare = spare.filter(|_| capacity == options.segment_bytes);
     log.segment = create_segment(
         vfs,
         dir,
         &header,
         capacity,
         options.preallocate,
+        spare,
         &batch,
         counts,
     )?;
@@ -810,6 +843,39 @@ impl<V: Vfs> Storage<V> {
             let _ = self.vfs.remove(&temp);
         }
         result
+    }
+}
+
+// The spare segment, prepared off the write path.
+impl<V: Vfs> Storage<V> {
+    /// When preallocation is on and no spare is ready or being made: a path (a `.tmp` name in the
+    /// data directory) and size for the caller to fill with [`super::prepare_spare`] on another
+    /// thread, then hand back with `spare_ready`. Without it, a roll zero-fills inside its sync.
+    pub fn spare_wanted(&mut self) -> Option<(PathBuf, u64)> {
+        if !self.options.preallocate || !matches!(self.spare, Spare::None) || self.log().is_err() {
+            return None;
+        }
+        let n = self.temp_names.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("wal-spare-{n}.tmp"));
+        self.spare = Spare::Requested(path.clone());
+        Some((path, self.options.segment_bytes))
+    }
+
+    /// The spare asked for with `spare_wanted` is made (or failed: then no more are asked for).
+    pub fn spare_ready(&mut self, path: PathBuf, result: Result<(), StorageError>) {
+        self.spare = match (&self.spare, result) {
+            (Spare::Requested(asked), Ok(())) if *asked == path => Spare::Ready(path),
+            (_, Err(error)) => {
+                tracing::warn!(%error, "cannot prepare a spare segment: zero-filling in place");
+                Spare::Disabled
+            }
+            _ => Spare::None,
+        };
+    }
+
+    /// The file system this storage runs on.
+    pub fn vfs(&self) -> &V {
+        &self.vfs
     }
 }
 

@@ -116,12 +116,17 @@ impl<V: Vfs> ActiveSegment<V> {
 /// header sector: written under a temporary name, zero-filled to `capacity` when `preallocate`,
 /// synced, renamed into place, and the directory synced. A segment file that exists under its final
 /// name therefore always has a valid header and its complete first batch.
+///
+/// `spare`, when given, is a file of at least `capacity` zero bytes already synced (made off the
+/// write path by [`prepare_spare`]): it is used instead of zero-filling a new file here.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn create_segment<V: Vfs>(
     vfs: &V,
     dir: &Path,
     header: &SegmentHeader,
     capacity: u64,
     preallocate: bool,
+    spare: Option<PathBuf>,
     first: &[u8],
     counts: &mut IoCounts,
 ) -> Result<ActiveSegment<V>, StorageError> {
@@ -132,18 +137,22 @@ pub(crate) fn create_segment<V: Vfs>(
     );
     let temp = dir.join(format::names::segment_temp(header.seq));
     let path = dir.join(format::names::segment(header.seq));
-    let mut file = vfs
-        .create(&temp)
-        .map_err(io_error("create segment", &temp))?;
-    if preallocate {
-        let zeros = vec![0u8; PREALLOCATE_WRITE_BYTES as usize];
-        let mut at = 0;
-        while at < capacity {
-            let n = (capacity - at).min(PREALLOCATE_WRITE_BYTES);
-            write_at(&mut file, &temp, at, &zeros[..n as usize], counts)?;
-            at += n;
+    let reused = spare.and_then(|spare| {
+        vfs.rename(&spare, &temp).ok()?;
+        vfs.open(&temp).ok()
+    });
+    let mut file = match reused {
+        Some(file) => file,
+        None => {
+            let mut file = vfs
+                .create(&temp)
+                .map_err(io_error("create segment", &temp))?;
+            if preallocate {
+                zero_fill(&mut file, &temp, capacity, counts)?;
+            }
+            file
         }
-    }
+    };
     let mut head = header.encode();
     head.resize(SECTOR_BYTES as usize, 0);
     head.extend_from_slice(first);
@@ -159,6 +168,34 @@ pub(crate) fn create_segment<V: Vfs>(
         offset: SECTOR_BYTES + first.len() as u64,
         capacity,
     })
+}
+
+fn zero_fill<F: VfsFile>(
+    file: &mut F,
+    path: &Path,
+    capacity: u64,
+    counts: &mut IoCounts,
+) -> Result<(), StorageError> {
+    let zeros = vec![0u8; PREALLOCATE_WRITE_BYTES as usize];
+    let mut at = 0;
+    while at < capacity {
+        let n = (capacity - at).min(PREALLOCATE_WRITE_BYTES);
+        write_at(file, path, at, &zeros[..n as usize], counts)?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// Makes `path` a file of `capacity` zero bytes, synced: the next segment, prepared on another
+/// thread so that the sync that rolls to it does not pay for the zero-fill. The name must end in
+/// `.tmp` (a leftover is removed by the next `open`).
+pub fn prepare_spare<V: Vfs>(vfs: &V, path: &Path, capacity: u64) -> Result<(), StorageError> {
+    let mut counts = IoCounts::default();
+    let mut file = vfs
+        .create(path)
+        .map_err(io_error("create spare segment", path))?;
+    zero_fill(&mut file, path, capacity, &mut counts)?;
+    sync_file(&mut file, path, &mut counts)
 }
 
 /// A record read back, with where it starts.
