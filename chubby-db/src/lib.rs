@@ -56,7 +56,7 @@ pub mod command;
 pub mod reply;
 
 /// The client-visible data model lives in `chubby-proto`; these modules keep their old paths.
-pub use chubby_proto::{event, limits, path, types};
+pub use chubby_proto::{event, limits, path, protocol, types};
 
 pub(crate) use chubby_proto::hash;
 

@@ -23,6 +23,7 @@ pub mod hash;
 pub mod limits;
 pub mod multiop;
 pub mod path;
+pub mod protocol;
 pub mod reply;
 pub mod types;
 
@@ -30,6 +31,10 @@ pub use event::{Event, EventKind};
 pub use hash::content_checksum;
 pub use multiop::{Cmp, DecodeError, LockMode, MultiOp, NodeKind, Op, Sequencer, Test, WatchKinds};
 pub use path::{NodePath, PathError};
+pub use protocol::{
+    Consistency, FrameError, MasterHint, Query, ReadReply, Request, Response, ServerError,
+    Unavailable, ALPN,
+};
 pub use reply::{
     Branch, LockInfo, MultiOpReply, NodeStat, NodeView, OpError, OpOutput, OpResult, QueryError,
     Rejection, SequencerInvalid, SessionInfo,

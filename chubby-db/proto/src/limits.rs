@@ -45,7 +45,19 @@ pub const SESSION_WATCHES_MAX: usize = 1024;
 /// Most sessions waiting in one lock's queue.
 pub const LOCK_WAITERS_MAX: usize = 1024;
 
+/// Largest frame payload of the client protocol, in bytes (requests, responses and events).
+pub const FRAME_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// Bytes of the little-endian `u32` length that prefixes every frame.
+pub const FRAME_HEADER_BYTES: usize = 4;
+/// Most events a server keeps per session for a client to resume its event stream after a
+/// reconnection or a fail-over; older ones are dropped and the client is told it missed some.
+pub const SESSION_EVENTS_BUFFERED_MAX: usize = 1024;
+
 const _: () = assert!(NAME_BYTES_MAX < PATH_BYTES_MAX);
+// A request carrying the largest MultiOp, and a reply carrying the largest reads, fit a frame.
+const _: () = assert!(COMMAND_BYTES_MAX + 64 * 1024 <= FRAME_BYTES_MAX);
+const _: () = assert!(MULTIOP_READ_BYTES_MAX + 64 * 1024 <= FRAME_BYTES_MAX);
+const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(CONTENTS_BYTES_MAX_DEFAULT <= CONTENTS_BYTES_MAX_CEILING);
 // One Create of the largest file, with the longest path, fits one MultiOp, which fits a command.
 const _: () = assert!(CONTENTS_BYTES_MAX_CEILING as usize + PATH_BYTES_MAX <= MULTIOP_BYTES_MAX);
