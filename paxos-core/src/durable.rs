@@ -25,6 +25,9 @@ pub enum Record {
     },
     /// The replica learned that `value` is chosen for `slot`.
     Chosen { slot: Slot, value: Value },
+    /// The replica learned that the value it accepted for `slot` under `ballot` (an earlier
+    /// `Accepted` record) is chosen: `Chosen` without writing the value a second time.
+    Learned { slot: Slot, ballot: Ballot },
     /// A snapshot covering the log through `handle.slot` is durable (taken here or installed from a
     /// peer); the log before it is truncated.
     Snapshot(SnapshotHandle),
@@ -217,6 +220,22 @@ impl DurableState {
                     );
                 }
             }
+            Record::Learned { slot, ballot } => {
+                if *slot > self.snapshot.slot {
+                    let value = match self.log.get(slot) {
+                        Some(SlotState::Accepted { ballot: b, value }) if b == ballot => {
+                            value.clone()
+                        }
+                        Some(SlotState::Chosen { .. }) => return Ok(()),
+                        _ => {
+                            return Err(RecoverError::Inconsistent(
+                                "learned a value that was not accepted under that ballot",
+                            ))
+                        }
+                    };
+                    self.log.insert(*slot, SlotState::Chosen { value });
+                }
+            }
             Record::Snapshot(handle) => {
                 let first_membership = self.snapshot.membership.latest().voters.is_empty();
                 if handle.slot > self.snapshot.slot || first_membership {
@@ -291,6 +310,40 @@ mod tests {
         assert_eq!(state.log.keys().copied().collect::<Vec<_>>(), vec![Slot(2)]);
         let compacted = DurableState::recover(&state.to_records()).unwrap();
         assert_eq!(compacted, state);
+    }
+
+    #[test]
+    fn a_learned_record_chooses_the_value_accepted_under_its_ballot() {
+        let b1 = Ballot {
+            round: 1,
+            node: NodeId(1),
+        };
+        let b2 = Ballot {
+            round: 2,
+            node: NodeId(1),
+        };
+        let value = Value::new(vec![crate::types::Entry {
+            id: crate::types::EntryId {
+                epoch: crate::types::Epoch(b1),
+                seq: 1,
+            },
+            kind: crate::types::EntryKind::App(b"v".to_vec()),
+        }]);
+        let accepted = Record::Accepted {
+            slot: Slot(1),
+            ballot: b1,
+            value: value.clone(),
+        };
+        let learned = |ballot| Record::Learned {
+            slot: Slot(1),
+            ballot,
+        };
+        let state = DurableState::recover(&[boot(), accepted.clone(), learned(b1)]).unwrap();
+        assert_eq!(state.log.get(&Slot(1)), Some(&SlotState::Chosen { value }));
+        // Learned under a ballot this replica did not accept under, or for a slot it never
+        // accepted, contradicts the log.
+        assert!(DurableState::recover(&[boot(), accepted, learned(b2)]).is_err());
+        assert!(DurableState::recover(&[boot(), learned(b1)]).is_err());
     }
 
     #[test]

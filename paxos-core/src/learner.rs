@@ -46,21 +46,28 @@ impl Replica {
     /// The value this replica accepted for `slot` (not behind the snapshot) is chosen: as
     /// `record_chosen`, turning the log's state over in place.
     fn choose_accepted(&mut self, slot: Slot) {
-        let mut chosen = None;
-        self.log.replace_with(slot, |state| {
-            let value = match state {
-                SlotState::Accepted { value, .. } | SlotState::Chosen { value } => value,
-            };
-            chosen = Some(value.clone());
-            SlotState::Chosen { value }
+        let mut accepted_under = None;
+        self.log.replace_with(slot, |state| match state {
+            SlotState::Accepted { ballot, value } => {
+                accepted_under = Some(ballot);
+                SlotState::Chosen { value }
+            }
+            chosen @ SlotState::Chosen { .. } => chosen,
         });
-        let value = chosen.expect("the slot holds an accepted value");
-        self.persist_quietly(Record::Chosen { slot, value });
+        let ballot = accepted_under.expect("the slot holds an accepted value");
+        // The value is on disk already (its Accepted record): name it, do not write it again.
+        self.persist_quietly(Record::Learned { slot, ballot });
     }
 
     pub(crate) fn record_chosen(&mut self, slot: Slot, value: Value) {
         if slot <= self.snapshot.slot || self.log.get(slot).is_some_and(SlotState::is_chosen) {
             return;
+        }
+        if let Some(SlotState::Accepted { value: mine, .. }) = self.log.get(slot) {
+            if *mine == value {
+                self.choose_accepted(slot);
+                return;
+            }
         }
         self.log.insert(
             slot,
