@@ -113,7 +113,9 @@ impl EventQueue {
             self.advance_to(first);
         }
         let ahead = self.next_occupied();
-        self.advance_to(self.cursor + ahead);
+        if ahead > 0 {
+            self.advance_to(self.cursor + ahead);
+        }
         let i = (self.cursor % BUCKETS as u64) as usize;
         let bucket = &mut self.buckets[i];
         let mut least = 0;

@@ -1543,7 +1543,9 @@ fn compact(records: &mut Vec<Record>, through: Slot) {
     records.retain(|record| {
         index += 1;
         match record {
-            Record::Accepted { slot, .. } | Record::Chosen { slot, .. } => *slot > through,
+            Record::Accepted { slot, .. }
+            | Record::Chosen { slot, .. }
+            | Record::Learned { slot, .. } => *slot > through,
             Record::Promised(_) => Some(index - 1) == last_promise,
             _ => true,
         }
