@@ -1,6 +1,10 @@
 //! # tools
 //!
-//! The binaries people run (delivered by the tools issue): `chubbyd` (the replica daemon),
-//! `chubbyctl` (client and operator CLI, including rebuilding a corrupted replica), `chubby-bench`
-//! (the benchmark) and offline verifiers. The deterministic simulator's seed sweep lives in the
-//! `tests` crate (`cargo run -p tests --release --bin sim`).
+//! The binaries people run: `chubbyctl` (operator and client CLI), `log-bench` (the replicated log
+//! measured alone), and, with the tools issue, `chubbyd` (the replica daemon) and `chubby-bench`.
+//! The deterministic simulator's seed sweep lives in the `tests` crate
+//! (`cargo run -p tests --release --bin sim`).
+//!
+//! This library holds what the binaries share and what tests call directly.
+
+pub mod verify;

@@ -164,8 +164,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     for worker in 0..args.inflight {
         let log = log.clone();
         let (stop, measuring) = (stop.clone(), measuring.clone());
-        let (committed, errors, histogram) =
-            (committed.clone(), errors.clone(), histogram.clone());
+        let (committed, errors, histogram) = (committed.clone(), errors.clone(), histogram.clone());
         let value = vec![worker as u8; args.value_bytes];
         workers.push(tokio::spawn(async move {
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
@@ -187,7 +186,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     }
                 }
             }
-            histogram.lock().expect("histogram").add(&local).expect("same bounds");
+            histogram
+                .lock()
+                .expect("histogram")
+                .add(&local)
+                .expect("same bounds");
         }));
     }
 
