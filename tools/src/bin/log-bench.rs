@@ -225,7 +225,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let _ = worker.await;
     }
 
-    let histogram = histogram.lock().expect("histogram");
+    let histogram = histogram.lock().expect("histogram").clone();
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     let fsyncs: u64 = nodes
         .iter()
