@@ -54,6 +54,9 @@
 
 pub mod command;
 pub mod reply;
+pub mod server;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 /// The client-visible data model lives in `chubby-proto`; these modules keep their old paths.
 pub use chubby_proto::{event, limits, path, protocol, types};

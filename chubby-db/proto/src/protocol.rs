@@ -356,6 +356,7 @@ impl Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Event;
     use crate::multiop::{LockMode, Op};
 
     fn p(path: &str) -> NodePath {
