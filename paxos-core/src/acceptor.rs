@@ -214,10 +214,8 @@ impl Replica {
             return;
         }
         self.heard_master(accept.ballot);
-        let voter = self
-            .membership
-            .config_at(accept.slot)
-            .is_voter(self.node, self.incarnation);
+        self.refresh_slot_config(accept.slot);
+        let voter = self.slot_config.voter;
         if votes && voter {
             let mut records = self.record_buffer();
             if accept.ballot > self.promised {

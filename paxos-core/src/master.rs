@@ -259,10 +259,11 @@ impl Replica {
             value: flight.value.clone(),
             chosen_through: self.chosen_through,
         };
+        self.refresh_slot_config(slot);
         queue_sends(
             &mut self.actions,
             (self.node, self.incarnation),
-            self.membership.config_at(slot).members(),
+            self.slot_config.members.iter().copied(),
             Message::Accept(accept),
         );
     }

@@ -194,7 +194,7 @@ impl Votes {
     }
     /// Adds `voter` unless it is there already.
     pub(crate) fn insert(&mut self, voter: Voter) {
-        if self.iter().any(|v| *v == voter) {
+        if self.inline[..self.len].contains(&voter) || self.more.contains(&voter) {
             return;
         }
         if self.len < VOTES_INLINE {
@@ -204,6 +204,16 @@ impl Votes {
             self.more.push(voter);
         }
     }
+}
+
+/// One config's members (voters, then learners, as `Config::members` lists them) and whether this
+/// replica votes in it: asked on every accept, recomputed only when the config in force changes.
+#[derive(Default)]
+pub(crate) struct SlotConfig {
+    /// The membership version, the config's start slot and this replica's incarnation.
+    key: Option<(u64, Slot, Incarnation)>,
+    pub members: Vec<NodeId>,
+    pub voter: bool,
 }
 
 /// A master's state, owned by the `Role::Master` variant.
@@ -283,6 +293,8 @@ pub struct Replica {
     /// Bumped on every change of `membership`: the key of `window_peers`.
     pub(crate) membership_version: u64,
     pub(crate) window_peers: WindowPeers,
+    /// The config of the slot last asked about (see `slot_config`).
+    pub(crate) slot_config: SlotConfig,
     /// Invariant: every slot up to here is chosen and was emitted as `Apply`; `snapshot.slot <= chosen_through`.
     pub(crate) chosen_through: Slot,
     /// The highest chosen prefix any peer announced.
@@ -350,6 +362,7 @@ impl Replica {
             membership,
             membership_version: 0,
             window_peers: WindowPeers::default(),
+            slot_config: SlotConfig::default(),
             chosen_through: Slot::ZERO,
             known_chosen: Slot::ZERO,
             lease_granted: None,
@@ -772,6 +785,24 @@ impl Replica {
             key: Some(key),
             members: members.into_iter().collect(),
             voters: voters.into_iter().collect(),
+        };
+    }
+
+    /// Recomputes `slot_config` for the config in force at `slot` if it is another one.
+    pub(crate) fn refresh_slot_config(&mut self, slot: Slot) {
+        let entries = &self.membership.entries;
+        let index = entries
+            .partition_point(|(start, _)| *start <= slot)
+            .saturating_sub(1);
+        let (start, config) = &entries[index];
+        let key = (self.membership_version, *start, self.incarnation);
+        if self.slot_config.key == Some(key) {
+            return;
+        }
+        self.slot_config = SlotConfig {
+            key: Some(key),
+            members: config.members().collect(),
+            voter: config.is_voter(self.node, self.incarnation),
         };
     }
 

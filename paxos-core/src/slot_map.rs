@@ -117,27 +117,28 @@ impl<T> SlotMap<T> {
 
     /// Drops every item at or below `slot`.
     pub(crate) fn remove_through(&mut self, slot: Slot) {
-        while self.start <= slot {
-            let Some(front) = self.items.pop_front() else {
-                break;
-            };
-            if front.is_some() {
-                self.len -= 1;
-            }
-            self.start = self.start.next();
+        if slot < self.start || self.items.is_empty() {
+            return;
         }
+        let count = usize::try_from(slot.0 - self.start.0 + 1)
+            .unwrap_or(usize::MAX)
+            .min(self.items.len());
+        self.len -= self.items.range(..count).filter(|i| i.is_some()).count();
+        // Dropped in place, not moved out one by one.
+        self.items.drain(..count);
+        self.start = self.start.plus(count as u64);
         self.trim();
     }
 
     /// Restores the invariant that both ends hold an item.
     fn trim(&mut self) {
-        while let Some(None) = self.items.front() {
-            self.items.pop_front();
-            self.start = self.start.next();
+        let leading = self.items.iter().take_while(|i| i.is_none()).count();
+        if leading > 0 {
+            self.items.drain(..leading);
+            self.start = self.start.plus(leading as u64);
         }
-        while let Some(None) = self.items.back() {
-            self.items.pop_back();
-        }
+        let trailing = self.items.iter().rev().take_while(|i| i.is_none()).count();
+        self.items.truncate(self.items.len() - trailing);
     }
 
     pub(crate) fn first(&self) -> Option<(Slot, &T)> {

@@ -167,7 +167,7 @@ impl Voters {
         self.inline[..self.len].iter().chain(self.spilled.iter())
     }
     fn insert(&mut self, voter: Voter) {
-        if self.iter().any(|v| *v == voter) {
+        if self.inline[..self.len].contains(&voter) || self.spilled.contains(&voter) {
             return;
         }
         if self.len < VOTERS_INLINE {
