@@ -7,4 +7,6 @@
 //!
 //! This library holds what the binaries share and what tests call directly.
 
+pub mod dev_cluster;
+pub mod http;
 pub mod verify;

@@ -1,0 +1,283 @@
+//! `chubbyctl dev-cluster`: three `chubbyd` processes on loopback with dev certificates, for trying
+//! the service out. Everything lives under one directory and is reused by the next run.
+
+use paxos_core::NodeId;
+use replicated_log::{tls, ClusterId};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const NODES: [u64; 3] = [1, 2, 3];
+
+struct Ports {
+    base: u16,
+}
+
+impl Ports {
+    fn peer(&self, node: u64) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.base + node as u16 - 1))
+    }
+    fn client(&self, node: u64) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.base + 100 + node as u16 - 1))
+    }
+    fn metrics(&self, node: u64) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.base + 200 + node as u16 - 1))
+    }
+}
+
+/// The cluster id of `dir`, made on first use.
+fn cluster_id(dir: &Path) -> Result<ClusterId, String> {
+    let path = dir.join("cluster-id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return u64::from_str_radix(text.trim(), 16)
+            .map(ClusterId)
+            .map_err(|_| format!("{} does not hold a hexadecimal cluster id", path.display()));
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let id = ClusterId(nanos ^ u64::from(std::process::id()).rotate_left(32));
+    std::fs::write(&path, format!("{id}\n"))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(id)
+}
+
+pub fn run(dir: &Path, base_port: u16, json: bool) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let cluster = cluster_id(dir)?;
+    let certs = dir.join("certs");
+    if !tls::ca_cert_path(&certs).exists() {
+        let nodes: Vec<NodeId> = NODES.iter().copied().map(NodeId).collect();
+        tls::init_dir(&certs, cluster, &nodes, &["admin"]).map_err(|e| e.to_string())?;
+    }
+    let daemon = std::env::current_exe()
+        .map_err(|e| e.to_string())?
+        .with_file_name("chubbyd");
+    if !daemon.exists() {
+        return Err(format!(
+            "{} not found: build it with `cargo build --release -p tools --bins` (or run scripts/dev-cluster.sh)",
+            daemon.display()
+        ));
+    }
+    let ports = Ports { base: base_port };
+    let members: Vec<String> = NODES
+        .iter()
+        .map(|n| format!("{n}={},{}", ports.peer(*n), ports.client(*n)))
+        .collect();
+    let mut children: Vec<(u64, Child)> = Vec::new();
+    for node in NODES {
+        match start(&daemon, dir, &certs, cluster, node, &members, &ports) {
+            Ok(child) => children.push((node, child)),
+            Err(error) => {
+                stop_all(&mut children);
+                return Err(error);
+            }
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc_flag(flag);
+
+    let master = wait_for_master(&ports, &mut children, &stop);
+    match master {
+        Ok(master) => print_endpoints(dir, &certs, cluster, &ports, master, json),
+        Err(error) => {
+            stop_all(&mut children);
+            return Err(error);
+        }
+    }
+    while !stop.load(Ordering::Relaxed) {
+        for (node, child) in &mut children {
+            if let Ok(Some(status)) = child.try_wait() {
+                eprintln!(
+                    "chubbyd {node} exited ({status}); see {}",
+                    dir.join(format!("node-{node}.log")).display()
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("stopping the three replicas...");
+    stop_all(&mut children);
+    Ok(())
+}
+
+fn start(
+    daemon: &Path,
+    dir: &Path,
+    certs: &Path,
+    cluster: ClusterId,
+    node: u64,
+    members: &[String],
+    ports: &Ports,
+) -> Result<Child, String> {
+    let log_path = dir.join(format!("node-{node}.log"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+    let mut command = Command::new(daemon);
+    command
+        .arg("--cluster")
+        .arg(cluster.to_string())
+        .arg("--node")
+        .arg(node.to_string())
+        .arg("--data-dir")
+        .arg(dir.join(format!("node-{node}")))
+        .arg("--certs")
+        .arg(certs)
+        .arg("--metrics-listen")
+        .arg(ports.metrics(node).to_string());
+    for member in members {
+        command.arg("--member").arg(member);
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", daemon.display()))
+}
+
+/// Reads `GET path` from a replica's operator endpoint.
+pub fn http_get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+fn wait_for_master(
+    ports: &Ports,
+    children: &mut [(u64, Child)],
+    stop: &AtomicBool,
+) -> Result<u64, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        for (node, child) in children.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "chubbyd {node} exited at start ({status}): see its log in the cluster directory"
+                ));
+            }
+        }
+        for node in NODES {
+            if let Some((200, body)) = http_get(ports.metrics(node), "/status") {
+                if body.contains("\"lease\":true") {
+                    return Ok(node);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err("no master elected within 60 s: see the node-N.log files in the cluster directory".into())
+}
+
+fn print_endpoints(
+    dir: &Path,
+    certs: &Path,
+    cluster: ClusterId,
+    ports: &Ports,
+    master: u64,
+    json: bool,
+) {
+    if json {
+        let nodes: Vec<serde_json::Value> = NODES
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "node": n, "peer": ports.peer(*n), "client": ports.client(*n),
+                    "metrics": ports.metrics(*n),
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "cluster": cluster.to_string(), "dir": dir, "certs": certs, "master": master,
+            "nodes": nodes,
+        });
+        println!("{out}");
+        return;
+    }
+    println!(
+        "chubby dev cluster {cluster} is up; node {master} is master (Ctrl-C stops all three)"
+    );
+    for node in NODES {
+        println!(
+            "  node {node}: clients {}  peers {}  metrics http://{}/metrics  data {}",
+            ports.client(node),
+            ports.peer(node),
+            ports.metrics(node),
+            dir.join(format!("node-{node}")).display()
+        );
+    }
+    let endpoints: Vec<String> = NODES.iter().map(|n| ports.client(*n).to_string()).collect();
+    println!(
+        "certificates: {} (client certificate: admin)",
+        certs.display()
+    );
+    println!("try:");
+    println!("  curl -s http://{}/status", ports.metrics(master));
+    println!(
+        "  chubbyctl --cluster {cluster} --certs {} --endpoints {} status",
+        certs.display(),
+        endpoints.join(",")
+    );
+    println!(
+        "  chubbyctl verify --data-dir {}   (on a stopped replica)",
+        dir.join("node-1").display()
+    );
+}
+
+fn stop_all(children: &mut Vec<(u64, Child)>) {
+    for (_, child) in children.iter() {
+        // SIGTERM lets each replica finish its queued writes; `kill` is everywhere this runs.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (_, child) in children.iter_mut() {
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    children.clear();
+}
+
+/// Sets `flag` on Ctrl-C (SIGINT) or SIGTERM.
+fn ctrlc_flag(flag: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        });
+        flag.store(true, Ordering::Relaxed);
+    });
+}
