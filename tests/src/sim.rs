@@ -672,7 +672,7 @@ impl Sim {
                 .pop_front()
                 .expect("syncing batches are queued");
             self.make_durable(node, incarnation, &records);
-            self.nodes[node].disk.durable.extend(records.drain(..));
+            self.nodes[node].disk.durable.append(&mut records);
             for outgoing in messages.drain(..) {
                 self.transmit(node, outgoing);
             }
