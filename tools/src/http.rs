@@ -29,12 +29,10 @@ pub async fn serve_operator_endpoint<M: StateMachine>(
             };
             let log = log.clone();
             tokio::spawn(async move {
-                let mut head = vec![0u8; REQUEST_BYTES_MAX];
-                let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut head));
-                let Ok(Ok(n)) = read.await else {
+                let Some(head) = read_head(&mut stream).await else {
                     return;
                 };
-                let request = String::from_utf8_lossy(&head[..n]);
+                let request = String::from_utf8_lossy(&head);
                 let path = request.split_whitespace().nth(1).unwrap_or("/");
                 let (status, content_type, body) = respond(path, &log).await;
                 let response = format!(
@@ -45,6 +43,24 @@ pub async fn serve_operator_endpoint<M: StateMachine>(
             });
         }
     }))
+}
+
+/// Reads until the blank line that ends a request head (a request may arrive in pieces).
+async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < REQUEST_BYTES_MAX {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buffer))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buffer[..n]);
+    }
+    Some(head)
 }
 
 async fn respond<M: StateMachine>(

@@ -8,12 +8,13 @@ use paxos_core::NodeId;
 use replicated_log::{tls, ClusterId};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tools::client_commands::{ClientCommand, Connection};
 use tools::verify::verify_data_dir;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "chubbyctl",
-    about = "Operate a chubby cluster: certificates, offline checks of a replica's files",
+    about = "Use and operate a chubby cluster: files, locks, status, certificates, checks",
     long_about = "Operate a chubby cluster.\n\nEvery command prints text for people, or one JSON \
                   object with --json for scripts. Exit codes: 0 success, 1 the check failed, 2 bad \
                   usage or environment."
@@ -22,12 +23,16 @@ struct Cli {
     /// Print one JSON object instead of text.
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    connection: Connection,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    #[command(flatten)]
+    Client(ClientCommand),
     /// Certificates for a cluster.
     Certs {
         #[command(subcommand)]
@@ -103,6 +108,14 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> Result<ExitCode, String> {
     match &cli.command {
+        Command::Client(command) => {
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            runtime.block_on(tools::client_commands::run(
+                command,
+                &cli.connection,
+                cli.json,
+            ))
+        }
         Command::Certs {
             command:
                 CertsCommand::Init {
