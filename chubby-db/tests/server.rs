@@ -4,13 +4,14 @@
 mod cluster;
 
 use chubby_client::{Client, Create, Error, EventKind, WatchEvent, WatchKinds};
+use chubby_db::protocol::encode_frame;
 use chubby_db::protocol::{
     Consistency, MasterHint, Query, ReadReply, Request, Response, ServerError,
 };
 use chubby_db::server::DatabaseMachine;
 use chubby_db::testing::{wait_for, TestCluster, TestOptions};
 use chubby_db::NodePath;
-use cluster::{client, config, config_for, raw_request};
+use cluster::{client, config, config_for, raw_exchange, raw_request};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -150,7 +151,7 @@ async fn an_expired_session_deletes_its_ephemeral_node_on_every_replica_identica
 
 /// A follower refuses a linearizable read with a redirect naming the master and its client
 /// address, serves a stale one itself, and a client given only the follower's address follows
-/// the redirect.
+/// the redirect. Bytes that are not a request get their stream reset and harm nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_redirects_linearizable_reads_and_the_client_follows() {
     let cluster = TestCluster::start(TestOptions::default()).await;
@@ -175,6 +176,12 @@ async fn a_follower_redirects_linearizable_reads_and_the_client_follows() {
             ..
         } => assert_eq!(view.stat.kind, chubby_db::NodeKind::Directory),
         other => panic!("a follower serves stale reads, got {other:?}"),
+    }
+    let mut oversized = encode_frame(&read(Consistency::Stale)).unwrap();
+    oversized[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    for garbage in [vec![], vec![3, 0, 0, 0, 0xff, 0xff, 0xff], oversized] {
+        let answer = raw_exchange(&cluster, follower, &garbage).await;
+        assert!(answer.is_err(), "garbage {garbage:?} answered {answer:?}");
     }
     match raw_request(&cluster, master, &read(Consistency::Linearizable)).await {
         Response::Read { result: Ok(_), .. } => {}

@@ -40,7 +40,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
-use wire::{read_frame, write_frame, WireError};
+use wire::{read_request, write_frame, WireError};
 
 /// How often the master-duty task looks at the log's status and the database's next deadline.
 pub const DUTY_INTERVAL_DEFAULT: Duration = Duration::from_millis(20);
@@ -334,7 +334,7 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let request: Request = match read_frame(&mut recv).await {
+    let request: Request = match read_request(&mut recv).await {
         Ok(request) => request,
         Err(error) => {
             tracing::debug!(%error, "bad request frame");

@@ -1,7 +1,7 @@
 //! Frames of the client protocol on QUIC streams (see `chubby_proto::protocol` for the layout).
 
-use crate::protocol::{decode_payload, encode_frame, payload_length, FrameError};
-use chubby_proto::limits::FRAME_HEADER_BYTES;
+use crate::protocol::{decode_frame, encode_frame, FrameError};
+use chubby_proto::limits::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt;
@@ -11,29 +11,31 @@ use std::fmt;
 pub(crate) enum WireError {
     /// The bytes are not a frame of the expected message.
     Frame(FrameError),
-    /// The peer finished the stream before a whole frame.
-    Finished,
     Read(quinn::ReadError),
     Write(quinn::WriteError),
 }
 
-/// Reads one frame, checking its length against the limit before allocating for it.
-pub(crate) async fn read_frame<T: DeserializeOwned>(
+/// Reads the one frame of a request stream, which the client has finished. The buffer grows
+/// only as bytes arrive (never from an announced length), up to one frame of the largest size,
+/// so a client cannot make the server reserve memory it does not send.
+pub(crate) async fn read_request<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
 ) -> Result<T, WireError> {
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    read_exact(recv, &mut header).await?;
-    let length = payload_length(header).map_err(WireError::Frame)?;
-    let mut payload = vec![0u8; length];
-    read_exact(recv, &mut payload).await?;
-    decode_payload(&payload).map_err(WireError::Frame)
-}
-
-async fn read_exact(recv: &mut quinn::RecvStream, buffer: &mut [u8]) -> Result<(), WireError> {
-    recv.read_exact(buffer).await.map_err(|error| match error {
-        quinn::ReadExactError::FinishedEarly(_) => WireError::Finished,
-        quinn::ReadExactError::ReadError(error) => WireError::Read(error),
-    })
+    let limit = FRAME_HEADER_BYTES + FRAME_BYTES_MAX;
+    let bytes = recv.read_to_end(limit).await.map_err(|error| match error {
+        quinn::ReadToEndError::TooLong => WireError::Frame(FrameError::TooLarge {
+            bytes: limit as u64 + 1,
+            max: FRAME_BYTES_MAX as u64,
+        }),
+        quinn::ReadToEndError::Read(error) => WireError::Read(error),
+    })?;
+    let (message, used) = decode_frame(&bytes).map_err(WireError::Frame)?;
+    if used != bytes.len() {
+        return Err(WireError::Frame(FrameError::TrailingBytes {
+            bytes: (bytes.len() - used) as u64,
+        }));
+    }
+    Ok(message)
 }
 
 /// Writes one frame (the encoding is checked against the limit first).
@@ -49,7 +51,6 @@ impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WireError::Frame(error) => write!(f, "{error}"),
-            WireError::Finished => f.write_str("stream finished before a whole frame"),
             WireError::Read(error) => write!(f, "read: {error}"),
             WireError::Write(error) => write!(f, "write: {error}"),
         }

@@ -47,6 +47,20 @@ pub async fn client(cluster: &TestCluster, name: &str, lease: Duration) -> Clien
 
 /// Sends one request to `node` over a fresh connection as client `alice`, and reads the answer.
 pub async fn raw_request(cluster: &TestCluster, node: NodeId, request: &Request) -> Response {
+    let bytes = raw_exchange(cluster, node, &encode_frame(request).unwrap())
+        .await
+        .expect("an answer");
+    let (response, used) = decode_frame::<Response>(&bytes).unwrap();
+    assert_eq!(used, bytes.len());
+    response
+}
+
+/// Writes `bytes` on one stream to `node` as client `alice` and reads what comes back.
+pub async fn raw_exchange(
+    cluster: &TestCluster,
+    node: NodeId,
+    bytes: &[u8],
+) -> Result<Vec<u8>, String> {
     let certs = cluster.certs_dir();
     let material = tls::load_client_material(&certs, TEST_CLUSTER, "alice").unwrap();
     let quic = tls::quic_client_config(&material.ca, Some(&material.identity), ALPN).unwrap();
@@ -59,13 +73,9 @@ pub async fn raw_request(cluster: &TestCluster, node: NodeId, request: &Request)
         .await
         .unwrap();
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
-    send.write_all(&encode_frame(request).unwrap())
-        .await
-        .unwrap();
+    send.write_all(bytes).await.unwrap();
     send.finish().unwrap();
-    let bytes = recv.read_to_end(1 << 22).await.unwrap();
-    let (response, used) = decode_frame::<Response>(&bytes).unwrap();
-    assert_eq!(used, bytes.len());
+    let answer = recv.read_to_end(1 << 22).await.map_err(|e| e.to_string());
     connection.close(0u32.into(), b"done");
-    response
+    answer
 }
