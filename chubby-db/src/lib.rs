@@ -5,7 +5,12 @@
 //! ephemeral, with instance numbers, content and lock generations and content checksums),
 //! MultiOp transactions (guard / top / fop, PML 5.6), sessions with leases and exactly-once
 //! requests, exclusive and shared locks with a fair queue, sequencers and lock-delay, watches
-//! and events, snapshots and a digest. The server and the client crate come separately.
+//! and events, snapshots and a digest; and [`server`], which runs it under `replicated-log` and
+//! serves the client protocol over QUIC.
+//!
+//! The client-visible data model (paths, MultiOp, sequencers, events, replies, limits) and the
+//! client protocol live in `chubby-proto`, which this crate re-exports under the same paths; the
+//! async client is `chubby-client`, which depends on `chubby-proto` only.
 //!
 //! ## Contract
 //!
@@ -33,7 +38,8 @@
 //!
 //! ## Under `replicated-log`
 //!
-//! The crate does not depend on the log, so the integration wraps it in a few lines:
+//! The state machine itself ([`Database`]) knows nothing of the log; [`server::DatabaseMachine`]
+//! wraps it in a few lines (plus handing each command's events to the replica's event hub):
 //!
 //! ```ignore
 //! impl StateMachine for Db {
