@@ -133,10 +133,22 @@ impl EventQueue {
     }
 
     /// Moves the cursor to bucket `to` and brings far events that enter the horizon into the wheel.
+    #[inline]
     fn advance_to(&mut self, to: u64) {
         debug_assert!(to >= self.cursor);
         self.cursor = to;
         let horizon = self.cursor + BUCKETS as u64;
+        let due = |far: &BinaryHeap<Far>| {
+            far.peek()
+                .is_some_and(|f| f.0.at >> BUCKET_NS_LOG2 < horizon)
+        };
+        if due(&self.far) {
+            self.migrate(horizon);
+        }
+    }
+
+    /// Brings the far events of buckets before `horizon` into the wheel.
+    fn migrate(&mut self, horizon: u64) {
         while let Some(Far(event)) = self.far.peek() {
             let bucket = event.at >> BUCKET_NS_LOG2;
             if bucket >= horizon {
