@@ -5,7 +5,7 @@
 //! `chubby_proto::protocol` (ALPN `chubby/1`), with TLS 1.3 and, unless the operator sets
 //! [`ServerConfig::allow_clients_without_certificate`], a client certificate of the cluster.
 //!
-//! - **Writes** (open, KeepAlive, close, MultiOp) become a [`Command`] stamped with this replica's
+//! - **Writes** (open, KeepAlive, close, MultiOp) become a [`Command`](crate::Command) stamped with this replica's
 //!   wall clock where the command carries time, submitted to the log; the reply comes from the
 //!   committed output. A replica that is not master answers `NotMaster` naming the master and its
 //!   client address. Retried MultiOps keep their request number and the database applies each at
@@ -16,7 +16,7 @@
 //!   to its session's stream on any replica and resumes after the last event it saw.
 //! - **Master duties** run in a background task on every replica and act while it is master:
 //!   propose `MasterChanged` first in each tenure, then a `Tick` whenever the database's next
-//!   deadline (a lease end or a lock-delay end) is due (see [`duties`]).
+//!   deadline (a lease end or a lock-delay end) is due (see `docs/chubby-db.md`, "The server").
 
 mod duties;
 mod events;
