@@ -64,6 +64,15 @@ pub enum ClientCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Run a MultiOp (guard / top / fop) from a JSON file, or stdin with `-`; prints which branch
+    /// ran and each guard's and op's result. Example file:
+    /// {"guard":[{"Exists":{"path":"/a"}}],"top":[{"Set":{"path":"/a","contents":[104,105]}}],"fop":[]}
+    Txn {
+        /// JSON file with the MultiOp (`-` for stdin).
+        file: PathBuf,
+    },
+    /// Print events on a node (contents, children, locks) as they happen, until Ctrl-C.
+    Watch { path: String },
     /// Each replica's role, epoch, lease and progress, from their metrics endpoints.
     Status {
         /// Metrics addresses of the replicas (chubbyd --metrics-listen), comma separated.
@@ -255,6 +264,46 @@ async fn run_with(
             );
             if !status.success() {
                 return Ok(ExitCode::from(1));
+            }
+        }
+        ClientCommand::Txn { file } => {
+            let text = if file.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                    .map_err(|e| format!("cannot read stdin: {e}"))?;
+                text
+            } else {
+                std::fs::read_to_string(file)
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+            };
+            let op: chubby_client::MultiOp = serde_json::from_str(&text)
+                .map_err(|e| format!("{} is not a MultiOp: {e}", file.display()))?;
+            let reply = client.multi_op(op).await.map_err(error)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&reply).map_err(|e| e.to_string())?
+                );
+            } else {
+                println!("{reply:#?}");
+            }
+        }
+        ClientCommand::Watch { path } => {
+            let mut watch = client
+                .watch(path.as_str(), chubby_client::WatchKinds::ALL)
+                .await
+                .map_err(error)?;
+            while let Some(event) = watch.next().await {
+                match event {
+                    chubby_client::WatchEvent::Event(event) if json => println!(
+                        "{}",
+                        serde_json::to_string(&event).map_err(|e| e.to_string())?
+                    ),
+                    chubby_client::WatchEvent::Event(event) => println!("{event:?}"),
+                    chubby_client::WatchEvent::Missed => {
+                        println!("(events may have been missed: re-read what matters)")
+                    }
+                }
             }
         }
         ClientCommand::Status { .. } => unreachable!("handled before connecting"),
