@@ -176,7 +176,7 @@ fn zero_fill<F: VfsFile>(
     capacity: u64,
     counts: &mut IoCounts,
 ) -> Result<(), StorageError> {
-    let zeros = vec![0u8; PREALLOCATE_WRITE_BYTES as usize];
+    let zeros = vec![0u8; PREALLOCATE_WRITE_BYTES.min(capacity) as usize];
     let mut at = 0;
     while at < capacity {
         let n = (capacity - at).min(PREALLOCATE_WRITE_BYTES);
