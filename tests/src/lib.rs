@@ -3,9 +3,11 @@
 //! Whole-system tests. The deterministic simulator (`sim`) runs the real `paxos-core` engine on
 //! every replica from one seed, in virtual time, under every fault we can simulate, with the oracle
 //! (`oracle`) checking safety after every event and liveness after faults heal. A register state
-//! machine (`app`) above the engine lets it record client operations.
+//! machine (`app`) above the engine lets it record client operations. About half the seeds run the
+//! real storage code (`replicated_log::storage`) over a faulty in-memory disk (`sim/disk.rs`).
 //!
-//! Run one seed: `cargo run -p tests --release --bin sim -- --seed 42`; sweep: `--seeds 500`.
+//! Run one seed: `cargo run -p tests --release --bin sim -- --seed 42`; sweep: `--seeds 500`;
+//! `--disk model|real|mixed` picks the disk (mixed, the default, draws it from the seed).
 
 pub mod app;
 pub mod hash;

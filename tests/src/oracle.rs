@@ -27,12 +27,16 @@ pub enum Check {
     RebuildVoted,
     /// After faults heal, a master is elected, new submits are chosen, and every member catches up.
     Liveness,
+    /// Real disk: a replica that recovers from its storage holds every record a `sync` acknowledged
+    /// (plus at most a prefix of what it appended after), and storage reports exactly the damage
+    /// dealt to the disk (see `sim/disk.rs`).
+    SyncedLost,
     /// An assertion in the engine (an invariant) or the simulator failed.
     Panic,
 }
 
 impl Check {
-    pub const ALL: [Check; 9] = [
+    pub const ALL: [Check; 10] = [
         Check::OneValuePerSlot,
         Check::PrefixAgreement,
         Check::LeaseOverlap,
@@ -41,6 +45,7 @@ impl Check {
         Check::Epoch,
         Check::RebuildVoted,
         Check::Liveness,
+        Check::SyncedLost,
         Check::Panic,
     ];
 }

@@ -6,11 +6,19 @@
 //! their whole state and must rebuild, membership changes, snapshots with log truncation, and a
 //! register state machine with clients. The oracle checks safety after every event; liveness mode
 //! heals every fault and requires progress within a bound. Same seed, same run, bit for bit.
+//!
+//! About half the seeds run the real storage code (`replicated_log::storage`) over a faulty
+//! in-memory disk instead of the model disk: see `sim/disk.rs`.
+
+mod disk;
+
+pub use disk::{DiskBugs, DiskChoice, RealDiskOptions};
 
 use crate::app::{encode, Fnv, Register};
 use crate::hash::{FastMap, FastSet};
 use crate::oracle::{Check, Oracle, Violation};
 use crate::queue::{EventQueue, Scheduled};
+use disk::RealDisk;
 use paxos_core::rng::Rng;
 use paxos_core::{
     Action, Config, DurableState, EntryId, Envelope, Epoch, Incarnation, MembershipChange, Message,
@@ -59,6 +67,8 @@ pub struct Options {
     /// How many client submits arrive together at each client event.
     pub submits_per_event: u64,
     pub snapshot_every_slots: u64,
+    /// Each node's disk is the real storage over a faulty in-memory disk (`None`: the model disk).
+    pub real_disk: Option<RealDiskOptions>,
     /// Print every event (for replaying a failure by eye).
     pub trace: bool,
     /// The checks that may report a violation (all, unless a teeth test isolates one).
@@ -103,9 +113,17 @@ impl Options {
             submit_interval_ns: MS + rng.below(10 * MS),
             submits_per_event: 1,
             snapshot_every_slots: 20 + rng.below(100),
+            real_disk: RealDiskOptions::from_seed(seed, DiskChoice::Mixed),
             trace: false,
             checks: Check::ALL.to_vec(),
         }
+    }
+
+    /// As [`Options::from_seed`], on the disk asked for (`Mixed` draws it from the seed).
+    pub fn from_seed_on(seed: u64, mode: Mode, bugs: PlantedBugs, disk: DiskChoice) -> Options {
+        let mut options = Options::from_seed(seed, mode, bugs);
+        options.real_disk = RealDiskOptions::from_seed(seed, disk);
+        options
     }
 }
 
@@ -126,6 +144,8 @@ impl Options {
         options.submit_interval_ns = 4 * MS;
         options.submits_per_event = 8;
         options.fault_phase_ns = 20 * SECOND;
+        // The model disk, so the figure stays comparable across versions.
+        options.real_disk = None;
         options
     }
 }
@@ -210,6 +230,8 @@ struct Node {
     /// Current master tenure and when it began (true time).
     tenure: Option<(Epoch, u64)>,
     last_snapshot_slot: Slot,
+    /// The real storage, on a real-disk seed (then `disk` keeps only what it acknowledged).
+    real: Option<RealDisk>,
 }
 
 /// Figures of a finished run.
@@ -226,6 +248,20 @@ pub struct Stats {
     pub membership_changes: u64,
     pub lease_reads: u64,
     pub snapshots_installed: u64,
+    /// 1 if the run used the real storage.
+    pub real_disk_seeds: u64,
+    /// Damage dealt to a down node's disk (real disk only).
+    pub disk_faults: u64,
+    /// Opens that reported damage, and snapshots that did not read back (real disk only). Fewer
+    /// than `disk_faults` only when a damaged snapshot file was superseded by a snapshot record
+    /// that survived the crash unsynced: `open` removes such a file unread.
+    pub damages_detected: u64,
+    /// Replicas that completed a rebuild after their storage found damage.
+    pub rebuilds_after_damage: u64,
+    /// Torn tails storage cut off at open (real disk only).
+    pub torn_tails: u64,
+    /// Failed fdatasyncs (fatal: the node restarted).
+    pub sync_failures: u64,
     pub trace_hash: u64,
 }
 
@@ -243,6 +279,12 @@ impl Stats {
         self.membership_changes += other.membership_changes;
         self.lease_reads += other.lease_reads;
         self.snapshots_installed += other.snapshots_installed;
+        self.real_disk_seeds += other.real_disk_seeds;
+        self.disk_faults += other.disk_faults;
+        self.damages_detected += other.damages_detected;
+        self.rebuilds_after_damage += other.rebuilds_after_damage;
+        self.torn_tails += other.torn_tails;
+        self.sync_failures += other.sync_failures;
     }
 }
 
@@ -295,7 +337,8 @@ impl Sim {
                 Replica::bootstrap(*id, config.clone(), options.settings.clone(), options.seed);
             engine.plant_bugs(options.bugs);
             let rate_ppm = pick_rate(&mut rng, options.settings.clock_drift_ppm);
-            nodes.push(Node::new(*id, engine, rate_ppm));
+            let real = options.real_disk.as_ref().map(RealDisk::new);
+            nodes.push(Node::new(*id, engine, rate_ppm, real));
         }
         let oracle = Oracle::new(
             config,
@@ -317,7 +360,10 @@ impl Sim {
             liveness: None,
             last_membership_change: 0,
             retire_checked_at: Slot(u64::MAX),
-            stats: Stats::default(),
+            stats: Stats {
+                real_disk_seeds: u64::from(options.real_disk.is_some()),
+                ..Stats::default()
+            },
             trace: Fnv::new(options.seed),
             nodes,
             options,
@@ -580,8 +626,9 @@ impl Sim {
         };
         engine.check_invariants();
         let (rebuilding, holds_lease) = (engine.is_rebuilding(), engine.holds_lease());
-        if !rebuilding {
+        if !rebuilding && self.nodes[node].impaired {
             self.nodes[node].impaired = false;
+            self.rebuilt(node);
         }
         if holds_lease {
             self.check_lease_overlap();
@@ -628,13 +675,13 @@ impl Sim {
     }
 
     fn persist(&mut self, node: usize, records: Vec<Record>, messages: Vec<paxos_core::Outgoing>) {
+        if self.nodes[node].real.is_some() {
+            self.append_real(node, &records, &messages);
+        }
         let n = &mut self.nodes[node];
         let incarnation = n.engine.as_ref().expect("alive").incarnation();
-        // The identity record is synced at once, as storage creates it (a replica that crashed
-        // before would otherwise come back as a stranger).
-        let identity = records
-            .iter()
-            .any(|r| matches!(r, Record::Bootstrap { .. }));
+        // Identity and rebuild records are synced at once (see `syncs_at_once`).
+        let identity = records.iter().any(syncs_at_once);
         let releases = !messages.is_empty() || identity;
         n.disk.pending.push_back(PendingSync {
             records,
@@ -660,6 +707,9 @@ impl Sim {
         if self.nodes[node].generation != generation {
             return;
         }
+        if self.nodes[node].real.is_some() && !self.sync_real(node) {
+            return;
+        }
         let count = self.nodes[node].disk.syncing;
         for _ in 0..count {
             let PendingSync {
@@ -681,12 +731,8 @@ impl Sim {
             }
         }
         self.nodes[node].disk.syncing = 0;
-        let waiting = |b: &PendingSync| {
-            !b.messages.is_empty()
-                || b.records
-                    .iter()
-                    .any(|r| matches!(r, Record::Bootstrap { .. }))
-        };
+        let waiting =
+            |b: &PendingSync| !b.messages.is_empty() || b.records.iter().any(syncs_at_once);
         if self.nodes[node].disk.pending.iter().any(waiting) {
             self.start_sync(node);
         }
@@ -829,6 +875,9 @@ impl Sim {
         let handle = engine.snapshot_handle();
         let state = n.app.clone();
         let generation = n.generation;
+        if n.real.is_some() {
+            self.begin_snapshot_real(node, &handle);
+        }
         let delay = MS + self.rng.below(20 * MS);
         self.schedule(
             delay,
@@ -856,6 +905,9 @@ impl Sim {
             state.applied, handle.slot,
             "snapshot state and handle disagree"
         );
+        if n.real.is_some() {
+            return self.snapshot_written_real(node, handle);
+        }
         n.disk.snapshots.insert(handle.slot, state);
         n.engine
             .as_mut()
@@ -890,6 +942,9 @@ impl Sim {
     ) {
         if self.nodes[node].generation != generation || self.nodes[node].engine.is_none() {
             return;
+        }
+        if self.nodes[node].real.is_some() {
+            return self.snapshot_fetched_real(node, from, handle.slot);
         }
         let cut = self.faults_on && (self.blocked[from][node] || self.blocked[node][from]);
         let source = &self.nodes[from];
@@ -1105,6 +1160,9 @@ impl Sim {
             .into_iter()
             .flat_map(|b| b.records.into_iter().map(move |r| (b.incarnation, r)))
             .collect();
+        if self.nodes[node].real.is_some() {
+            return self.crash_real(node, records);
+        }
         let survive = self.rng.below(records.len() as u64 + 1) as usize;
         for (incarnation, record) in records.into_iter().take(survive) {
             self.make_durable(node, incarnation, std::slice::from_ref(&record));
@@ -1130,8 +1188,14 @@ impl Sim {
                     self.configs_in_play()
                 );
             }
+            if let Some(real) = &mut self.nodes[node].real {
+                real.wipe();
+            }
             self.restart_wiped(node);
             return;
+        }
+        if self.nodes[node].real.is_some() {
+            return self.restart_real(node);
         }
         let peers = self.peer_ids();
         let n = &mut self.nodes[node];
@@ -1251,6 +1315,9 @@ impl Sim {
         n.lost_incarnation = lost;
         n.impaired = true;
         n.disk = Disk::default();
+        if let Some(real) = &mut n.real {
+            real.start_empty();
+        }
         n.app = Register::default();
         n.last_snapshot_slot = Slot::ZERO;
         n.rate_ppm = pick_rate(&mut self.rng, self.options.settings.clock_drift_ppm);
@@ -1408,7 +1475,8 @@ impl Sim {
             let seed = self.rng.next_u64();
             let mut engine = Replica::rebuild(id, peers, self.options.settings.clone(), seed);
             engine.plant_bugs(self.options.bugs);
-            self.nodes.push(Node::new(id, engine, rate));
+            let real = self.options.real_disk.as_ref().map(RealDisk::new);
+            self.nodes.push(Node::new(id, engine, rate, real));
             let index = self.nodes.len() - 1;
             self.nodes[index].lost_incarnation = None;
             self.schedule_tick(index);
@@ -1514,7 +1582,7 @@ impl Sim {
 }
 
 impl Node {
-    fn new(id: NodeId, engine: Replica, rate_ppm: i64) -> Node {
+    fn new(id: NodeId, engine: Replica, rate_ppm: i64, real: Option<RealDisk>) -> Node {
         Node {
             id,
             engine: Some(engine),
@@ -1529,6 +1597,7 @@ impl Node {
             impaired: false,
             tenure: None,
             last_snapshot_slot: Slot::ZERO,
+            real,
         }
     }
 }
@@ -1550,6 +1619,18 @@ fn compact(records: &mut Vec<Record>, through: Slot) {
             _ => true,
         }
     });
+}
+
+/// Records synced at once even though they release no message: the identity record, as storage
+/// creates it (a replica that crashed before would otherwise come back as a stranger), and the
+/// start and end of a rebuild, so that a replica the fault budget (`wipe_allowed`) counts as voting
+/// again still is after a crash. The driver's writer syncs every persist promptly, so a real replica
+/// loses them only in that moment too.
+fn syncs_at_once(record: &Record) -> bool {
+    matches!(
+        record,
+        Record::Bootstrap { .. } | Record::RebuildBegan { .. } | Record::RebuildDone
+    )
 }
 
 /// A clock rate within the bound, often at its edges (where lease bugs show).

@@ -1,7 +1,7 @@
 //! Runs many seeds, in parallel threads, and reports the first failure with its replay command.
 
 use crate::oracle::{Check, Violation};
-use crate::sim::{run, Mode, Options, Outcome, Stats};
+use crate::sim::{run, DiskChoice, Mode, Options, Outcome, Stats};
 use paxos_core::PlantedBugs;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,6 +40,7 @@ pub fn sweep(
     count: u64,
     modes: Modes,
     bugs: PlantedBugs,
+    disk: DiskChoice,
     jobs: usize,
     on_done: impl Fn() + Sync,
 ) -> Summary {
@@ -56,7 +57,8 @@ pub fn sweep(
                     break;
                 }
                 let mode = mode_for(seed, modes);
-                let outcome = run_catching_panics(Options::from_seed(seed, mode, bugs));
+                let options = Options::from_seed_on(seed, mode, bugs, disk);
+                let outcome = run_catching_panics(options);
                 add(
                     &mut summary.lock().expect("no thread panics holding it"),
                     seed,

@@ -1,6 +1,6 @@
 //! The simulator itself: the correct engine passes, and any run replays bit for bit from its seed.
 
-use tests::sim::{run, Mode, Options};
+use tests::sim::{run, DiskChoice, Mode, Options};
 use tests::sweep::{replay_command, sweep, Modes};
 
 #[test]
@@ -15,6 +15,14 @@ fn a_run_replays_bit_for_bit_from_its_seed() {
         assert_eq!(first.stats.events, second.stats.events);
         assert!(first.stats.events > 10_000, "a run should do real work");
     }
+    // The real storage over the in-memory disk replays too: seed 35 has torn tails, failed
+    // fdatasyncs and a damaged disk.
+    for disk in [DiskChoice::Model, DiskChoice::Real] {
+        let options = || Options::from_seed_on(35, Mode::Liveness, Default::default(), disk);
+        let (first, second) = (run(options()), run(options()));
+        assert_eq!(first.stats.trace_hash, second.stats.trace_hash);
+        assert_eq!(first.stats.events, second.stats.events);
+    }
     let a = run(Options::from_seed(1, Mode::Safety, Default::default()));
     let b = run(Options::from_seed(2, Mode::Safety, Default::default()));
     assert_ne!(
@@ -25,7 +33,15 @@ fn a_run_replays_bit_for_bit_from_its_seed() {
 
 #[test]
 fn the_correct_engine_passes_a_small_sweep_with_every_fault() {
-    let summary = sweep(1000, 60, Modes::Both, Default::default(), 2, || {});
+    let summary = sweep(
+        1000,
+        60,
+        Modes::Both,
+        Default::default(),
+        DiskChoice::Mixed,
+        2,
+        || {},
+    );
     if let Some((seed, mode, violation)) = &summary.failure {
         panic!(
             "{violation}\nreplay: {}",
@@ -44,5 +60,34 @@ fn the_correct_engine_passes_a_small_sweep_with_every_fault() {
     assert!(
         summary.totals.acked > 10_000 && summary.totals.lease_reads > 1_000,
         "clients made progress"
+    );
+}
+
+#[test]
+fn the_real_storage_passes_a_small_sweep_with_disk_faults() {
+    let summary = sweep(
+        2000,
+        40,
+        Modes::Both,
+        Default::default(),
+        DiskChoice::Real,
+        2,
+        || {},
+    );
+    if let Some((seed, mode, violation)) = &summary.failure {
+        panic!(
+            "{violation}\nreplay: {} --disk real",
+            replay_command(*seed, *mode, None)
+        );
+    }
+    let t = &summary.totals;
+    assert_eq!(t.real_disk_seeds, 40);
+    assert!(
+        t.disk_faults > 0 && t.damages_detected > 0 && t.rebuilds_after_damage > 0,
+        "disks were damaged, the damage found and the replicas rebuilt"
+    );
+    assert!(
+        t.torn_tails > 0 && t.sync_failures > 0,
+        "torn writes and failed fdatasyncs happened"
     );
 }

@@ -1,8 +1,9 @@
-//! Every checker has teeth: with one deliberately broken engine behaviour planted, and only that
-//! checker enabled, the simulator finds a violation within a bounded number of seeds.
+//! Every checker has teeth: with one deliberately broken engine behaviour (or use of storage)
+//! planted, and only that checker enabled, the simulator finds a violation within a bounded number
+//! of seeds.
 
 use tests::oracle::Check;
-use tests::sim::Options;
+use tests::sim::{DiskBugs, DiskChoice, Options};
 use tests::sweep::{bug_by_name, mode_for, run_catching_panics, Modes};
 
 /// Runs seeds from 0 with `bug` planted and only `check` enabled; returns the first seed that
@@ -89,4 +90,42 @@ fn rebuild_check_catches_a_rebuilt_replica_voting_at_once() {
 #[test]
 fn liveness_catches_ignored_catch_up_requests() {
     assert_caught("ignore-catch-up", Check::Liveness, Modes::Liveness, 300);
+}
+
+/// As `assert_caught`, for a broken use of storage on real-disk seeds.
+fn assert_disk_bug_caught(bugs: DiskBugs, check: Check, modes: Modes, seeds_max: u64) {
+    let found = (0..seeds_max).find(|seed| {
+        let mode = mode_for(*seed, modes);
+        let mut options = Options::from_seed_on(*seed, mode, Default::default(), DiskChoice::Real);
+        options.real_disk.as_mut().expect("a real-disk seed").bugs = bugs;
+        options.checks = vec![check];
+        let outcome = run_catching_panics(options);
+        outcome.violation.is_some_and(|v| v.check == check)
+    });
+    assert!(
+        found.is_some(),
+        "{check:?} did not catch {bugs:?} within {seeds_max} seeds"
+    );
+    eprintln!(
+        "{check:?} caught {bugs:?} at seed {}",
+        found.expect("checked")
+    );
+}
+
+#[test]
+fn synced_lost_catches_acknowledging_records_that_were_never_synced() {
+    let bugs = DiskBugs {
+        ack_without_sync: true,
+        ..DiskBugs::default()
+    };
+    assert_disk_bug_caught(bugs, Check::SyncedLost, Modes::Both, 20);
+}
+
+#[test]
+fn prefix_agreement_catches_messages_released_before_their_sync() {
+    let bugs = DiskBugs {
+        release_before_sync: true,
+        ..DiskBugs::default()
+    };
+    assert_disk_bug_caught(bugs, Check::PrefixAgreement, Modes::Safety, 20);
 }

@@ -4,7 +4,7 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::process::ExitCode;
 use std::time::Instant;
-use tests::sim::{run, Mode, Options};
+use tests::sim::{run, DiskChoice, Mode, Options, Stats};
 use tests::sweep::{bug_by_name, mode_for, replay_command, sweep, Modes, BUG_NAMES};
 
 /// Deterministic fault simulator for the Multi-Paxos engine.
@@ -27,6 +27,10 @@ struct Args {
     /// (even seeds safety, odd seeds liveness).
     #[arg(long, value_enum, default_value_t = ModeArg::Both)]
     mode: ModeArg,
+    /// The disk under each replica: the model disk, the real storage code over a faulty in-memory
+    /// disk, or mixed (drawn from the seed: about half the seeds run the real storage).
+    #[arg(long, value_enum, default_value_t = DiskArg::Mixed)]
+    disk: DiskArg,
     /// Plant a deliberate bug in the engine (to see the checkers catch it).
     #[arg(long, value_parser = BUG_NAMES.to_vec())]
     bug: Option<String>,
@@ -52,6 +56,32 @@ enum ModeArg {
     Both,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DiskArg {
+    Model,
+    Real,
+    Mixed,
+}
+
+impl DiskArg {
+    fn choice(self) -> DiskChoice {
+        match self {
+            DiskArg::Model => DiskChoice::Model,
+            DiskArg::Real => DiskChoice::Real,
+            DiskArg::Mixed => DiskChoice::Mixed,
+        }
+    }
+
+    /// What the replay command needs to add (mixed is the default).
+    fn flag(self) -> &'static str {
+        match self {
+            DiskArg::Model => " --disk model",
+            DiskArg::Real => " --disk real",
+            DiskArg::Mixed => "",
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let bugs = args
@@ -73,6 +103,7 @@ fn main() -> ExitCode {
             mode_for(seed, modes),
             bugs,
             args.bug.as_deref(),
+            args.disk,
             args.json,
             args.trace,
         );
@@ -89,17 +120,20 @@ fn main() -> ExitCode {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let started = Instant::now();
-    let summary = sweep(args.start, args.seeds, modes, bugs, jobs, || bar.inc(1));
+    let disk = args.disk.choice();
+    let summary = sweep(args.start, args.seeds, modes, bugs, disk, jobs, || {
+        bar.inc(1)
+    });
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let cpu_seconds = seconds * jobs as f64;
     if args.json {
         println!(
-            "{{\"seeds\":{},\"failures\":{},\"events\":{},\"deliveries\":{},\"seconds\":{:.3},\"jobs\":{},\"events_per_cpu_second\":{:.0},\"deliveries_per_cpu_second\":{:.0},\"acked\":{},\"crashes\":{},\"wipes\":{},\"partitions\":{},\"membership_changes\":{},\"lease_reads\":{},\"snapshots_installed\":{}}}",
+            "{{\"seeds\":{},\"failures\":{},\"events\":{},\"deliveries\":{},\"seconds\":{:.3},\"jobs\":{},\"events_per_cpu_second\":{:.0},\"deliveries_per_cpu_second\":{:.0},\"acked\":{},\"crashes\":{},\"wipes\":{},\"partitions\":{},\"membership_changes\":{},\"lease_reads\":{},\"snapshots_installed\":{},{}}}",
             summary.seeds, summary.failures, summary.totals.events, summary.totals.deliveries, seconds, jobs,
             summary.totals.events as f64 / cpu_seconds, summary.totals.deliveries as f64 / cpu_seconds,
             summary.totals.acked, summary.totals.crashes, summary.totals.wipes, summary.totals.partitions, summary.totals.membership_changes,
-            summary.totals.lease_reads, summary.totals.snapshots_installed
+            summary.totals.lease_reads, summary.totals.snapshots_installed, disk_json(&summary.totals)
         );
     } else {
         println!(
@@ -119,18 +153,35 @@ fn main() -> ExitCode {
             summary.totals.crashes, summary.totals.wipes, summary.totals.partitions, summary.totals.membership_changes, summary.totals.acked, summary.totals.lease_reads,
             summary.totals.snapshots_installed
         );
+        println!("{}", disk_line(&summary.totals));
     }
     match summary.failure {
         None => ExitCode::SUCCESS,
         Some((seed, mode, violation)) => {
             eprintln!("FAILED seed {seed}: {violation}");
             eprintln!(
-                "replay: {}",
-                replay_command(seed, mode, args.bug.as_deref())
+                "replay: {}{}",
+                replay_command(seed, mode, args.bug.as_deref()),
+                args.disk.flag()
             );
             ExitCode::FAILURE
         }
     }
+}
+
+/// The real-disk figures of a sweep.
+fn disk_line(s: &Stats) -> String {
+    format!(
+        "disk: {} real-disk seeds | {} damages dealt, {} detected, {} replicas rebuilt after damage | {} torn tails cut, {} failed fdatasyncs",
+        s.real_disk_seeds, s.disk_faults, s.damages_detected, s.rebuilds_after_damage, s.torn_tails, s.sync_failures
+    )
+}
+
+fn disk_json(s: &Stats) -> String {
+    format!(
+        "\"real_disk_seeds\":{},\"disk_faults\":{},\"damages_detected\":{},\"rebuilds_after_damage\":{},\"torn_tails\":{},\"sync_failures\":{}",
+        s.real_disk_seeds, s.disk_faults, s.damages_detected, s.rebuilds_after_damage, s.torn_tails, s.sync_failures
+    )
 }
 
 fn run_one(
@@ -138,10 +189,11 @@ fn run_one(
     mode: Mode,
     bugs: paxos_core::PlantedBugs,
     bug: Option<&str>,
+    disk: DiskArg,
     json: bool,
     trace: bool,
 ) -> ExitCode {
-    let mut options = Options::from_seed(seed, mode, bugs);
+    let mut options = Options::from_seed_on(seed, mode, bugs, disk.choice());
     options.trace = trace;
     if !json {
         println!("{options:#?}");
@@ -168,7 +220,7 @@ fn run_one(
         None => ExitCode::SUCCESS,
         Some(violation) => {
             eprintln!("FAILED seed {seed}: {violation}");
-            eprintln!("replay: {}", replay_command(seed, mode, bug));
+            eprintln!("replay: {}{}", replay_command(seed, mode, bug), disk.flag());
             ExitCode::FAILURE
         }
     }
