@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace
-cargo run -p tests --release --bin sim -- --seeds "${SEEDS:-1000}"
+# The test profile's build (the engine and simulator are optimized even there, and overflow checks
+# stay on) spares CI a second, release build of the whole dependency tree.
+cargo run -p tests --bin sim -- --seeds "${SEEDS:-1000}"
