@@ -419,7 +419,13 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
         self.machine.reset();
         self.applied_through = Slot::ZERO;
         self.outputs.clear();
-        let peers = self.addresses.keys().copied().collect();
+        let me = self.config.node;
+        let peers = self
+            .addresses
+            .keys()
+            .copied()
+            .filter(|n| *n != me)
+            .collect();
         let replica = Replica::rebuild(
             self.config.node,
             peers,

@@ -174,7 +174,11 @@ impl<V: Vfs> Writer<V> {
             stats.batch_records_max = stats.batch_records_max.max(report.records);
             let _ = stats.fsync_micros.record(micros.max(1));
         }
-        self.refresh_latest();
+        // A synced snapshot record compacts the log and removes older snapshot files: only then
+        // does the newest snapshot change (listing the directory on every sync would cost).
+        if report.compacted {
+            self.refresh_latest();
+        }
         let _ = self.done.send(Done::Synced { through: ticket });
         Ok(())
     }
