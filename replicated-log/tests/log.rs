@@ -56,12 +56,7 @@ async fn a_restarted_replica_catches_up_from_the_log() {
     let mut cluster = Cluster::start(3, 1_000_000).await;
     cluster.submit(b"before".to_vec()).await;
     let master = cluster.master().await;
-    let victim = cluster
-        .members
-        .iter()
-        .copied()
-        .find(|n| *n != master)
-        .unwrap();
+    let victim = cluster.other_than(master);
     cluster.stop(victim).await;
     let mut last = paxos_core::Slot::ZERO;
     for i in 0..30u32 {
@@ -78,12 +73,7 @@ async fn a_restarted_replica_catches_up_from_the_log() {
 async fn a_lagging_replica_catches_up_through_a_snapshot() {
     let mut cluster = Cluster::start(3, 20).await;
     let master = cluster.master().await;
-    let victim = cluster
-        .members
-        .iter()
-        .copied()
-        .find(|n| *n != master)
-        .unwrap();
+    let victim = cluster.other_than(master);
     cluster.stop(victim).await;
     let mut last = paxos_core::Slot::ZERO;
     for i in 0..120u32 {
@@ -114,12 +104,7 @@ async fn a_wiped_replica_rebuilds_and_votes_again() {
         cluster.submit(i.to_le_bytes().to_vec()).await;
     }
     let master = cluster.master().await;
-    let victim = cluster
-        .members
-        .iter()
-        .copied()
-        .find(|n| *n != master)
-        .unwrap();
+    let victim = cluster.other_than(master);
     cluster.stop(victim).await;
     std::fs::remove_dir_all(cluster.dir(victim)).unwrap();
     cluster.open(victim, StartMode::Bootstrap).await;

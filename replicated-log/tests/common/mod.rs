@@ -176,6 +176,15 @@ impl Cluster {
         }
     }
 
+    /// A member other than `node`.
+    pub fn other_than(&self, node: NodeId) -> NodeId {
+        self.members
+            .iter()
+            .copied()
+            .find(|n| *n != node)
+            .expect("a cluster of more than one")
+    }
+
     /// Submits through whoever is master, retrying across elections.
     pub async fn submit(&self, data: Vec<u8>) -> (Slot, usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
