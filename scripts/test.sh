@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The README's test command: every unit, protocol and simulator test, then a seed sweep of the
-# deterministic simulator across safety and liveness modes. SEEDS overrides the sweep size.
+# The README's test command: every unit, protocol, storage, transport, end-to-end and simulator
+# test, then a seed sweep of the deterministic simulator across safety and liveness modes. SEEDS
+# overrides the sweep size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace
-# The test profile's build (the engine and simulator are optimized even there, and overflow checks
-# stay on) spares CI a second, release build of the whole dependency tree.
-cargo run -p tests --bin sim -- --seeds "${SEEDS:-1000}"
+# `cargo test` built the simulator binary for the tests crate's integration tests, with the
+# workspace's features (the engine and simulator are optimized even in this profile, and overflow
+# checks stay on). Running it directly spares CI a rebuild of the dependency tree that
+# `cargo run -p tests` would make with that package's features alone.
+"${CARGO_TARGET_DIR:-target}/debug/sim" --seeds "${SEEDS:-1000}"
