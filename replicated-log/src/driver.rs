@@ -67,7 +67,7 @@ pub(crate) struct Driver<M: StateMachine, V: Vfs, T: Transport> {
     phase: Phase,
     pub commands: mpsc::Receiver<Command<M>>,
     pub inbound: mpsc::Receiver<Inbound>,
-    pub jobs: mpsc::UnboundedSender<Job<V>>,
+    pub jobs: mpsc::UnboundedSender<Job>,
     pub done: mpsc::UnboundedReceiver<Done<V>>,
     /// For tasks the driver spawns (snapshot writes and fetches) to report back.
     pub done_tx: mpsc::UnboundedSender<Done<V>>,
@@ -100,7 +100,7 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
         start: Option<Replica>,
         commands: mpsc::Receiver<Command<M>>,
         inbound: mpsc::Receiver<Inbound>,
-        jobs: mpsc::UnboundedSender<Job<V>>,
+        jobs: mpsc::UnboundedSender<Job>,
         done: (
             mpsc::UnboundedSender<Done<V>>,
             mpsc::UnboundedReceiver<Done<V>>,

@@ -14,7 +14,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// Work for the writer thread, done in the order sent.
-pub(crate) enum Job<V: Vfs> {
+pub(crate) enum Job {
     /// Make `records` durable; `ticket` is reported back once they are.
     Persist { records: Vec<Record>, ticket: u64 },
     /// Open a writer for a snapshot of the application at `handle`.
@@ -28,8 +28,6 @@ pub(crate) enum Job<V: Vfs> {
         path: PathBuf,
         result: Result<(), StorageError>,
     },
-    #[allow(dead_code)]
-    _Vfs(std::marker::PhantomData<V>),
 }
 
 /// What the writer reports back to the driver.
@@ -92,13 +90,13 @@ impl crate::transport::SnapshotSource for LatestSnapshot {
 pub(crate) struct Writer<V: Vfs> {
     pub storage: Storage<V>,
     pub cluster: ClusterId,
-    pub jobs: mpsc::UnboundedReceiver<Job<V>>,
+    pub jobs: mpsc::UnboundedReceiver<Job>,
     pub done: mpsc::UnboundedSender<Done<V>>,
     pub stats: Arc<Mutex<WriterStats>>,
     pub latest: Arc<LatestSnapshot>,
     /// To report a spare segment made on another thread; weak, so the queue still closes when the
     /// driver goes.
-    pub jobs_tx: mpsc::WeakUnboundedSender<Job<V>>,
+    pub jobs_tx: mpsc::WeakUnboundedSender<Job>,
 }
 
 impl<V: Vfs> Writer<V> {
@@ -119,7 +117,7 @@ impl<V: Vfs> Writer<V> {
     }
 
     /// Persists are merged into one sync; the other jobs run in their place in the queue.
-    fn run_batch(&mut self, batch: Vec<Job<V>>) -> Result<(), StorageError> {
+    fn run_batch(&mut self, batch: Vec<Job>) -> Result<(), StorageError> {
         let mut through = None;
         for job in batch {
             match job {
@@ -203,9 +201,9 @@ impl<V: Vfs> Writer<V> {
         Ok(())
     }
 
-    fn run_other(&mut self, job: Job<V>) -> Result<(), StorageError> {
+    fn run_other(&mut self, job: Job) -> Result<(), StorageError> {
         match job {
-            Job::Persist { .. } | Job::_Vfs(_) => unreachable!("handled by run_batch"),
+            Job::Persist { .. } => unreachable!("handled by run_batch"),
             Job::BeginSnapshot { handle } => {
                 let writer = self.storage.begin_snapshot(&handle);
                 let _ = self.done.send(Done::SnapshotWriter { handle, writer });
