@@ -304,6 +304,13 @@ impl Replica {
         self.compare_digests(slot);
     }
 
+    /// The digests reported so far for the consistency check at `slot` (this replica's own once
+    /// it applied the request), by node; `None` if none arrived or the round was forgotten (the
+    /// latest `DIGEST_ROUNDS_MAX` rounds are kept).
+    pub fn digest_reports(&self, slot: Slot) -> Option<&BTreeMap<NodeId, u64>> {
+        self.digests.get(&slot)
+    }
+
     pub(crate) fn on_digest_report(&mut self, from: NodeId, report: DigestReport) {
         let oldest = self.digests.first_key_value().map(|(s, _)| *s);
         if self.digests.len() >= DIGEST_ROUNDS_MAX && oldest.is_some_and(|s| report.slot < s) {

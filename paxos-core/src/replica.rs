@@ -565,6 +565,18 @@ impl Replica {
         self.submit(EntryKind::Reconfigure(change))
     }
 
+    /// Puts a consistency-check request (PML 6) in the log now, besides the periodic ones, and
+    /// restarts the periodic interval. Master only. Every replica that applies it computes a
+    /// digest of its state ([`Replica::handle_digest`]); the entry is acknowledged with
+    /// `Action::Committed`, whose slot is the one to look up in [`Replica::digest_reports`].
+    pub fn request_digest(&mut self) -> Result<EntryId, ProposeError> {
+        let id = self.submit(EntryKind::DigestRequest)?;
+        if let Role::Master(master) = &mut self.role {
+            master.last_digest = self.now;
+        }
+        Ok(id)
+    }
+
     /// The application finished a snapshot taken with `snapshot_handle`: the log before it may go.
     pub fn handle_snapshot_done(&mut self, handle: SnapshotHandle) {
         assert!(

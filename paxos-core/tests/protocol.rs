@@ -466,6 +466,62 @@ fn pml_6_a_replica_whose_digest_differs_from_the_majority_declares_itself_corrup
 }
 
 #[test]
+fn pml_6_a_requested_check_collects_every_voters_digest_for_its_slot() {
+    let (mut cluster, master) = Cluster::elected();
+    let follower = cluster.other_than(master);
+    assert!(matches!(
+        cluster.nodes.get_mut(&follower).unwrap().request_digest(),
+        Err(ProposeError::NotMaster { .. })
+    ));
+    let id = cluster
+        .nodes
+        .get_mut(&master)
+        .unwrap()
+        .request_digest()
+        .expect("the master takes a check request");
+    cluster.pump();
+    let slot = cluster
+        .committed
+        .iter()
+        .find(|(node, entry, _)| *node == master && *entry == id)
+        .map(|(_, _, slot)| *slot)
+        .expect("the request is acknowledged with its slot");
+    // Each replica computes its digest after applying the request at that slot.
+    for (node, applied) in &cluster.applied {
+        assert!(
+            applied
+                .iter()
+                .any(|(s, v)| *s == slot
+                    && v.entries.iter().any(|e| e.kind == EntryKind::DigestRequest)),
+            "{node} applied the request at {slot}"
+        );
+    }
+    assert_eq!(cluster.nodes[&master].digest_reports(slot), None);
+    let ids: Vec<NodeId> = cluster.nodes.keys().copied().collect();
+    for node in &ids {
+        let digest = if *node == follower { 7 } else { 42 };
+        cluster
+            .nodes
+            .get_mut(node)
+            .unwrap()
+            .handle_digest(slot, digest);
+    }
+    cluster.pump();
+    let reports = cluster.nodes[&master]
+        .digest_reports(slot)
+        .expect("reports for the slot");
+    let expected: BTreeMap<NodeId, u64> = ids
+        .iter()
+        .map(|n| (*n, if *n == follower { 7 } else { 42 }))
+        .collect();
+    assert_eq!(
+        reports, &expected,
+        "every voter's digest reached the master"
+    );
+    assert!(cluster.nodes[&follower].is_corrupt(), "the minority knows");
+}
+
+#[test]
 fn settings_that_cannot_keep_a_lease_are_refused() {
     let bad = Settings {
         lease_ticks: 4,
