@@ -152,6 +152,29 @@ impl std::fmt::Display for SubmitError {
 
 impl std::error::Error for SubmitError {}
 
+/// The outcome of a consistency check requested with [`Log::check`](crate::Log::check) (PML 6):
+/// the master put a digest request in the log at `slot`; every replica that applied it reported a
+/// digest of its state right after that slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub slot: u64,
+    /// The voters of the configuration in force at `slot`: the replicas that must agree.
+    pub voters: Vec<NodeId>,
+    /// The digest each replica reported before the answer (voters, and learners that did), by node.
+    pub digests: BTreeMap<NodeId, u64>,
+    /// Every voter reported before the timeout.
+    pub complete: bool,
+}
+
+impl CheckReport {
+    /// Every voter reported and every reported digest is the same.
+    pub fn agree(&self) -> bool {
+        let mut values = self.digests.values();
+        let first = values.next();
+        self.complete && values.all(|d| Some(d) == first)
+    }
+}
+
 /// Why a read was not served.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadError {

@@ -2,7 +2,7 @@
 //! messages and commands, and performs the engine's actions in the order it demands (records durable
 //! before the messages that depend on them leave).
 
-use crate::api::{Committed, LogConfig, Metrics, ReadError, StateMachine, Status};
+use crate::api::{CheckReport, Committed, LogConfig, Metrics, ReadError, StateMachine, Status};
 use crate::api::{Role, SubmitError};
 use crate::entry::{self, Entry};
 use crate::storage::{SnapshotReader, SnapshotWriter, StorageError, Vfs};
@@ -40,7 +40,21 @@ pub(crate) enum Command<M: StateMachine> {
     },
     Status(oneshot::Sender<Status>),
     Metrics(oneshot::Sender<Metrics>),
+    Check {
+        timeout: Duration,
+        reply: CheckReply,
+    },
     Shutdown,
+}
+
+pub(crate) type CheckReply = oneshot::Sender<Result<CheckReport, SubmitError>>;
+
+/// A consistency check whose request is chosen, waiting for every voter's digest.
+struct PendingCheck {
+    slot: Slot,
+    voters: Vec<NodeId>,
+    until: Instant,
+    reply: CheckReply,
 }
 
 /// Where a replica is in its life.
@@ -58,6 +72,7 @@ enum Phase {
 enum Waiter<O> {
     Submit(SubmitReply<O>),
     Membership(oneshot::Sender<Result<Slot, SubmitError>>),
+    Check(Duration, CheckReply),
 }
 
 pub(crate) struct Driver<M: StateMachine, V: Vfs, T: Transport> {
@@ -87,6 +102,7 @@ pub(crate) struct Driver<M: StateMachine, V: Vfs, T: Transport> {
     pub addresses: BTreeMap<NodeId, SocketAddr>,
     snapshot_in_progress: bool,
     fetching_snapshot: bool,
+    checks: Vec<PendingCheck>,
     pub metrics: Metrics,
     pub stopping: bool,
 }
@@ -139,6 +155,7 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
             addresses,
             snapshot_in_progress: false,
             fetching_snapshot: false,
+            checks: Vec::new(),
             metrics: Metrics::default(),
             stopping: false,
         }
@@ -199,6 +216,33 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
             self.probe_peers();
         }
         self.expire_waiters();
+        self.answer_checks();
+    }
+
+    /// Answers each consistency check whose voters have all reported, or whose time is up.
+    fn answer_checks(&mut self) {
+        if self.checks.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for check in std::mem::take(&mut self.checks) {
+            let digests = match &self.phase {
+                Phase::Running(replica) => replica.digest_reports(check.slot).cloned(),
+                Phase::Probing { .. } => None,
+            }
+            .unwrap_or_default();
+            let complete = check.voters.iter().all(|n| digests.contains_key(n));
+            if complete || now >= check.until || check.reply.is_closed() {
+                let _ = check.reply.send(Ok(CheckReport {
+                    slot: check.slot.0,
+                    voters: check.voters,
+                    digests,
+                    complete,
+                }));
+            } else {
+                self.checks.push(check);
+            }
+        }
     }
 
     fn replica(&mut self) -> Option<&mut Replica> {
@@ -224,6 +268,18 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
             }
             Command::Metrics(reply) => {
                 let _ = reply.send(self.collect_metrics());
+            }
+            Command::Check { timeout, reply } => {
+                let Some(replica) = self.replica() else {
+                    let _ = reply.send(Err(SubmitError::NotMaster { hint: None }));
+                    return;
+                };
+                match replica.request_digest() {
+                    Ok(id) => self.wait_for(id, Waiter::Check(timeout, reply)),
+                    Err(error) => {
+                        let _ = reply.send(Err(error.into()));
+                    }
+                }
             }
             Command::Shutdown => self.stopping = true,
         }
@@ -547,6 +603,21 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
             Some(Waiter::Membership(reply)) => {
                 let _ = reply.send(Ok(slot));
             }
+            Some(Waiter::Check(timeout, reply)) => {
+                let voters = match &self.phase {
+                    Phase::Running(replica) => {
+                        let config = replica.membership().config_at(slot);
+                        config.voters.keys().copied().collect()
+                    }
+                    Phase::Probing { .. } => Vec::new(),
+                };
+                self.checks.push(PendingCheck {
+                    slot,
+                    voters,
+                    until: Instant::now() + timeout,
+                    reply,
+                });
+            }
             None => {}
         }
     }
@@ -559,6 +630,9 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
                 let _ = reply.send(Err(error.into()));
             }
             Some(Waiter::Membership(reply)) => {
+                let _ = reply.send(Err(error.into()));
+            }
+            Some(Waiter::Check(_, reply)) => {
                 let _ = reply.send(Err(error.into()));
             }
             None => {}
@@ -580,6 +654,9 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
                 Some(Waiter::Membership(reply)) => {
                     let _ = reply.send(Err(SubmitError::Timeout));
                 }
+                Some(Waiter::Check(_, reply)) => {
+                    let _ = reply.send(Err(SubmitError::Timeout));
+                }
                 None => {}
             }
         }
@@ -599,7 +676,13 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
                 Waiter::Membership(reply) => {
                     let _ = reply.send(Err(error.clone()));
                 }
+                Waiter::Check(_, reply) => {
+                    let _ = reply.send(Err(error.clone()));
+                }
             }
+        }
+        for check in std::mem::take(&mut self.checks) {
+            let _ = check.reply.send(Err(error.clone()));
         }
         self.outputs.clear();
         self.deadlines.clear();

@@ -103,8 +103,8 @@ mod log;
 mod writer;
 
 pub use api::{
-    Committed, LogConfig, Metrics, OpenError, ReadError, Role, SnapshotFn, StartMode, StateMachine,
-    Status, SubmitError,
+    CheckReport, Committed, LogConfig, Metrics, OpenError, ReadError, Role, SnapshotFn, StartMode,
+    StateMachine, Status, SubmitError,
 };
 pub use log::Log;
 pub use wire::ClusterId;

@@ -1,7 +1,7 @@
 //! [`Log`]: the handle an application holds to one replica of the replicated log.
 
+use crate::api::{CheckReport, Status, SubmitError};
 use crate::api::{Committed, LogConfig, Metrics, OpenError, ReadError, StartMode, StateMachine};
-use crate::api::{Status, SubmitError};
 use crate::driver::{restore, Command, Driver};
 use crate::storage::{Opened, Storage, Vfs};
 use crate::transport::{InboundSender, SnapshotSource, Transport, TransportError};
@@ -9,6 +9,7 @@ use crate::writer::{LatestSnapshot, Writer, WriterStats};
 use paxos_core::{MembershipChange, NodeId, Replica, Slot};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most commands queued from handles to the driver before `submit` waits for room.
@@ -286,6 +287,19 @@ impl<M: StateMachine> Log<M> {
                 address,
                 reply,
             })
+            .await
+            .map_err(|_| SubmitError::ShuttingDown)?;
+        answer.await.unwrap_or(Err(SubmitError::ShuttingDown))
+    }
+
+    /// Runs a consistency check now (PML 6): the master puts a digest request in the log, and this
+    /// answers once every voter of that slot reported its digest, or after `timeout` with the
+    /// reports so far ([`CheckReport::complete`] false). Master only. A replica in the minority
+    /// of a disagreement also treats itself as corrupt and rebuilds, as with the periodic checks.
+    pub async fn check(&self, timeout: Duration) -> Result<CheckReport, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Check { timeout, reply })
             .await
             .map_err(|_| SubmitError::ShuttingDown)?;
         answer.await.unwrap_or(Err(SubmitError::ShuttingDown))
