@@ -117,6 +117,7 @@ fn append_sync_and_reopen_on_a_real_directory() {
     assert_eq!(
         names,
         [
+            "LOCK".to_owned(), // the data directory's lock, held while storage is open
             "identity".to_owned(),
             "snapshot-00000000000000000150.snap".to_owned(),
             format!("wal-{seq:020}.log"),

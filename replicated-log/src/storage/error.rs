@@ -40,6 +40,14 @@ pub enum StorageError {
     BadSnapshot { path: PathBuf, why: String },
     /// No snapshot file covers the requested slot.
     NoSnapshot { min_slot: Slot },
+    /// Another process holds the data directory's lock (`DirLock`): a replica runs on it.
+    Locked(super::LockError),
+}
+
+impl From<super::LockError> for StorageError {
+    fn from(error: super::LockError) -> StorageError {
+        StorageError::Locked(error)
+    }
 }
 
 fn hint(kind: io::ErrorKind) -> &'static str {
@@ -110,6 +118,7 @@ impl fmt::Display for StorageError {
             StorageError::NoSnapshot { min_slot } => {
                 write!(f, "no snapshot file covers slot {min_slot}")
             }
+            StorageError::Locked(error) => write!(f, "{error}"),
         }
     }
 }

@@ -23,6 +23,7 @@
 pub mod format;
 pub mod limits;
 
+mod dir_lock;
 mod error;
 mod mem_vfs;
 mod recovery;
@@ -31,6 +32,7 @@ mod store;
 mod vfs;
 mod wal;
 
+pub use dir_lock::{DirLock, LockError, LockState, LOCK_FILE_NAME};
 pub use error::{Damage, DamageKind, StorageError};
 pub use format::{FormatError, Identity};
 pub use mem_vfs::{FailPoint, MemFile, MemStats, MemVfs, Tear};

@@ -132,6 +132,8 @@ pub struct Storage<V: Vfs> {
     temp_names: Arc<AtomicU64>,
     torn_tail: Option<TornTail>,
     spare: Spare,
+    /// The data directory's lock (real files only), released when the storage is dropped.
+    _lock: Option<super::DirLock>,
 }
 
 /// The zero-filled file the next segment will use (see `spare_wanted`).
@@ -194,8 +196,10 @@ impl<V: Vfs> Storage<V> {
             temp_names: Arc::new(AtomicU64::new(0)),
             torn_tail: None,
             spare: Spare::None,
+            _lock: None,
         };
         storage.ensure_dir()?;
+        storage._lock = storage.vfs.lock_dir(&storage.dir)?;
         let listing = Listing::read(&storage.vfs, &storage.dir)?;
         let opened = match recovery::recover(
             &storage.vfs,

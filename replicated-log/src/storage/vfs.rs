@@ -38,6 +38,11 @@ pub trait Vfs: Clone + Send + Sync + fmt::Debug + 'static {
     fn create_dir(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creates, renames, removes) durable: fsync of the directory.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Takes the exclusive lock on a data directory, held until the returned lock is dropped. Only
+    /// a file system other processes share needs one; the default takes none.
+    fn lock_dir(&self, _dir: &Path) -> Result<Option<super::DirLock>, super::LockError> {
+        Ok(None)
+    }
 }
 
 /// An open file. Offsets are bytes from the start of the file.
@@ -154,6 +159,10 @@ impl Vfs for FileVfs {
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         // On Linux, fsync of a directory opened read-only makes its entries durable.
         File::open(path)?.sync_all()
+    }
+
+    fn lock_dir(&self, dir: &Path) -> Result<Option<super::DirLock>, super::LockError> {
+        super::DirLock::acquire(dir).map(Some)
     }
 }
 
