@@ -7,6 +7,7 @@
 //!
 //! This library holds what the binaries share and what tests call directly.
 
+pub mod bench;
 pub mod client_commands;
 pub mod dev_cluster;
 pub mod http;
