@@ -1,10 +1,11 @@
 //! The operator endpoint of a replica: `GET /metrics` (Prometheus text format), `/health` (the
-//! replica runs), `/ready` (it knows a master and is not rebuilding) and `/status` (JSON).
+//! replica runs), `/ready` (it knows a master and is not rebuilding) and `/status` (JSON: the
+//! log's `Status`, plus `voting`).
 //!
 //! Four read-only paths over HTTP/1.0 do not need a web framework: each connection is one request
 //! line, one response, closed.
 
-use replicated_log::{Log, Role, StateMachine};
+use replicated_log::{Log, Role, StateMachine, Status};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,11 +86,12 @@ async fn respond<M: StateMachine>(
                 ("503 Service Unavailable", text, why.into())
             }
         }
-        "/status" => (
-            "200 OK",
-            "application/json",
-            serde_json::to_string(&status).unwrap_or_default(),
-        ),
+        "/status" => {
+            // `voting`: what an operator waits for after a rebuild (see `chubbyctl rebuild`).
+            let mut value = serde_json::to_value(&status).unwrap_or_default();
+            value["voting"] = is_voting(&status).into();
+            ("200 OK", "application/json", value.to_string())
+        }
         "/metrics" => {
             let metrics = log.metrics().await.unwrap_or_default();
             let mut out = String::new();
@@ -130,6 +132,11 @@ async fn respond<M: StateMachine>(
                 status.snapshot_slot as f64,
             );
             gauge("voters", "voting members", status.voters.len() as f64);
+            gauge(
+                "voting",
+                "1 while this replica votes (a voter, not rebuilding)",
+                f64::from(u8::from(is_voting(&status))),
+            );
             gauge(
                 "fsyncs_total",
                 "fdatasync calls of the log writer",
@@ -203,4 +210,10 @@ async fn respond<M: StateMachine>(
             "paths: /metrics /health /ready /status\n".into(),
         ),
     }
+}
+
+/// A replica votes when it is a voter of the latest membership and not rebuilding (a rebuilt
+/// replica votes again once its new incarnation is chosen into the membership; PML 5.1).
+pub fn is_voting(status: &Status) -> bool {
+    !status.rebuilding && status.voters.contains(&status.node)
 }

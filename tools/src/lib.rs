@@ -11,4 +11,5 @@ pub mod bench;
 pub mod client_commands;
 pub mod dev_cluster;
 pub mod http;
+pub mod rebuild;
 pub mod verify;

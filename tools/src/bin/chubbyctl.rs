@@ -48,6 +48,16 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Rebuild a replica whose disk is corrupt or lost, as a non-voting member until it votes again.
+    ///
+    /// Checks the replica is stopped (its data directory's lock is free), shows what `verify`
+    /// finds, moves the bad state aside into DATA_DIR/damaged-<n>/ (never deletes it), starts the
+    /// replica (--start -- CHUBBYD ARGS...) or waits for you to, and shows its catch-up until it
+    /// votes again. Exit codes: 0 voting again, 1 refused or failed, 2 usage or environment.
+    /// Example: chubbyctl rebuild --data-dir .dev-cluster/node-2 --node 2
+    /// --metrics 127.0.0.1:7301,127.0.0.1:7302,127.0.0.1:7303 --start -- target/release/chubbyd
+    /// --config .dev-cluster/node-2.toml
+    Rebuild(tools::rebuild::RebuildArgs),
     /// Run a local three-replica cluster for development, until Ctrl-C.
     ///
     /// Makes dev certificates and data directories under --dir on first use and reuses them after
@@ -144,6 +154,7 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Rebuild(args) => Ok(rebuild(args, cli.json)),
         Command::DevCluster { dir, base_port } => {
             tools::dev_cluster::run(dir, *base_port, cli.json)?;
             Ok(ExitCode::SUCCESS)
@@ -190,6 +201,30 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             } else {
                 ExitCode::from(1)
             })
+        }
+    }
+}
+
+fn rebuild(args: &tools::rebuild::RebuildArgs, json: bool) -> ExitCode {
+    match tools::rebuild::run(args, json) {
+        Ok(report) if json => {
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            tools::rebuild::print_report(&report);
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "error": error.to_string(), "kind": error.kind() })
+                );
+            } else {
+                eprintln!("chubbyctl rebuild: {error}");
+            }
+            ExitCode::from(error.exit_code())
         }
     }
 }
