@@ -46,6 +46,11 @@ pub enum Command {
     /// live session's lease to at least `now_ms + lease_ms` (instead of expiring sessions whose
     /// KeepAlives the fail-over held up) and tells every session that it may have missed events.
     MasterChanged { epoch: Epoch, now_ms: u64 },
+    /// An operator's online restore: replaces the database with `snapshot` (the snapshot format),
+    /// ends every session and renumbers every node's instance above any handed out before, so no
+    /// earlier sequencer validates again. Refused unless the database holds no node but the
+    /// root, or `force`. See `restore.rs` for the rules.
+    Restore { snapshot: Vec<u8>, force: bool },
 }
 
 impl Command {

@@ -75,6 +75,7 @@ impl Database {
             Command::MultiOp { session, seq, op } => self.on_multi_op(*session, *seq, op),
             Command::Tick { now_ms } => self.on_tick(*now_ms),
             Command::MasterChanged { epoch, now_ms } => self.on_master_changed(*epoch, *now_ms),
+            Command::Restore { snapshot, force } => self.on_restore(snapshot, *force),
         };
         self.journal.clear();
         Applied {

@@ -65,7 +65,7 @@ pub mod server;
 pub mod testing;
 
 /// The client-visible data model lives in `chubby-proto`; these modules keep their old paths.
-pub use chubby_proto::{event, limits, path, protocol, types};
+pub use chubby_proto::{admin, event, limits, path, protocol, types};
 
 pub(crate) use chubby_proto::hash;
 
@@ -73,6 +73,7 @@ mod database;
 mod locks;
 mod multiop;
 mod namespace;
+mod restore;
 mod session;
 mod snapshot;
 mod state;

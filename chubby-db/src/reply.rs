@@ -11,6 +11,7 @@ pub use chubby_proto::reply::{
 
 use crate::command::DecodeError;
 use crate::types::SessionId;
+use chubby_proto::admin::{AdminRefusal, RestoreReport};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +34,10 @@ pub enum Reply {
     },
     /// The command changed nothing (beyond the clock, for commands that carry one).
     Rejected(Rejection),
+    /// The database was replaced by the snapshot of a `Restore`.
+    Restored(RestoreReport),
+    /// A `Restore` changed nothing: the database is not empty, or the snapshot does not check out.
+    RestoreRefused(AdminRefusal),
 }
 
 impl Reply {

@@ -18,6 +18,7 @@
 //! The semantics are written up in `docs/chubby-db.md`; the client side in
 //! `docs/client-guide.md`.
 
+pub mod admin;
 pub mod event;
 pub mod hash;
 pub mod limits;

@@ -28,6 +28,7 @@
 //! idempotent, `CloseSession` answers `SessionUnknown` the second time, reads change nothing, and a
 //! retried `OpenSession` at worst opens a spare session that expires unused.
 
+use crate::admin::{AdminRequest, AdminResponse};
 use crate::limits::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES};
 use crate::multiop::{MultiOp, Sequencer};
 use crate::path::NodePath;
@@ -72,6 +73,9 @@ pub enum Request {
         session: SessionId,
         after: Option<EventId>,
     },
+    /// An operator request (membership, snapshots, consistency check), accepted only from the
+    /// cluster's admin certificate; see [`crate::admin`].
+    Admin(AdminRequest),
 }
 
 /// A read-only query of the database.
@@ -127,6 +131,8 @@ pub enum Response {
     Subscribed {
         missed: bool,
     },
+    /// The answer to [`Request::Admin`] (a snapshot save continues with more of these frames).
+    Admin(AdminResponse),
     Error(ServerError),
 }
 
@@ -349,6 +355,7 @@ impl Request {
             Request::MultiOp { .. } => "multi_op",
             Request::Read { .. } => "read",
             Request::Subscribe { .. } => "subscribe",
+            Request::Admin(request) => request.kind(),
         }
     }
 }

@@ -29,8 +29,8 @@ impl Shared {
                 response
             }
             Request::Read { query, consistency } => self.read(query, consistency).await,
-            Request::Subscribe { .. } => Err(ServerError::BadRequest {
-                why: "a subscription is served on its own stream".to_string(),
+            Request::Subscribe { .. } | Request::Admin(_) => Err(ServerError::BadRequest {
+                why: "subscriptions and admin requests are served on their own streams".to_string(),
             }),
         };
         Some(response.unwrap_or_else(Response::Error))
@@ -114,7 +114,7 @@ impl Shared {
 
     /// Submits `command` and answers the database's reply; a database rejection becomes
     /// `ServerError::Rejected`.
-    async fn submit(&self, command: Command) -> Result<Reply, ServerError> {
+    pub(crate) async fn submit(&self, command: Command) -> Result<Reply, ServerError> {
         if self.tenure().starting() {
             return Err(ServerError::Unavailable(Unavailable::TenureStarting));
         }
@@ -129,7 +129,7 @@ impl Shared {
         }
     }
 
-    fn submit_error(&self, error: SubmitError) -> ServerError {
+    pub(crate) fn submit_error(&self, error: SubmitError) -> ServerError {
         match error {
             SubmitError::NotMaster { hint } => self.not_master(hint),
             SubmitError::EpochChanged | SubmitError::Timeout => ServerError::OutcomeUnknown {
@@ -140,7 +140,7 @@ impl Shared {
         }
     }
 
-    fn read_error(&self, error: ReadError) -> ServerError {
+    pub(crate) fn read_error(&self, error: ReadError) -> ServerError {
         match error {
             ReadError::NotMaster { hint } => self.not_master(hint),
             ReadError::NoLease => ServerError::Unavailable(Unavailable::NoLease),
@@ -149,7 +149,7 @@ impl Shared {
     }
 
     /// A redirect: who this replica believes is master, and where clients reach it.
-    fn not_master(&self, hint: Option<NodeId>) -> ServerError {
+    pub(crate) fn not_master(&self, hint: Option<NodeId>) -> ServerError {
         ServerError::NotMaster {
             master: hint.map(|node| MasterHint {
                 node: node.0,

@@ -42,8 +42,12 @@ impl StateMachine for DatabaseMachine {
         let slot = Slot(slot.0);
         let (applied, ended) = match Command::decode(entry) {
             Ok(command) => {
+                let before = match &command {
+                    Command::Restore { .. } => self.db.sessions(),
+                    _ => Vec::new(),
+                };
                 let applied = self.db.apply(slot, &command);
-                let ended = ended_sessions(&command, &applied.reply);
+                let ended = ended_sessions(&command, &applied.reply, before);
                 (applied, ended)
             }
             Err(_) => (self.db.apply_bytes(slot, entry), Vec::new()),
@@ -80,9 +84,11 @@ impl std::fmt::Debug for DatabaseMachine {
     }
 }
 
-/// The sessions a command ended: closed, or expired by a tick.
-fn ended_sessions(command: &Command, reply: &Reply) -> Vec<SessionId> {
+/// The sessions a command ended: closed, expired by a tick, or all of `before` (the sessions
+/// live before it) for a restore.
+fn ended_sessions(command: &Command, reply: &Reply, before: Vec<SessionId>) -> Vec<SessionId> {
     match (command, reply) {
+        (Command::Restore { .. }, Reply::Restored(_)) => before,
         (Command::CloseSession { session }, Reply::SessionClosed) => vec![*session],
         (Command::Tick { .. }, Reply::Ticked { expired }) => expired.clone(),
         _ => Vec::new(),

@@ -18,6 +18,7 @@
 //!   propose `MasterChanged` first in each tenure, then a `Tick` whenever the database's next
 //!   deadline (a lease end or a lock-delay end) is due (see `docs/chubby-db.md`, "The server").
 
+mod admin;
 mod duties;
 mod events;
 mod handler;
@@ -304,8 +305,15 @@ async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection) {
         }
     };
     tracing::debug!(remote = %connection.remote_address(), %peer, "client connected");
+    let peer: Arc<str> = peer.into();
     while let Ok((send, recv)) = connection.accept_bi().await {
-        tokio::spawn(serve_stream(shared.clone(), connection.clone(), send, recv));
+        tokio::spawn(serve_stream(
+            shared.clone(),
+            connection.clone(),
+            peer.clone(),
+            send,
+            recv,
+        ));
     }
 }
 
@@ -331,6 +339,7 @@ fn client_identity(connection: &quinn::Connection, cluster: ClusterId) -> Result
 async fn serve_stream(
     shared: Arc<Shared>,
     connection: quinn::Connection,
+    peer: Arc<str>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -344,6 +353,10 @@ async fn serve_stream(
     };
     if let Request::Subscribe { session, after } = request {
         serve_subscription(&shared, &connection, send, session, after).await;
+        return;
+    }
+    if let Request::Admin(request) = request {
+        admin::serve(&shared, &peer, request, send).await;
         return;
     }
     match shared.handle(request).await {
