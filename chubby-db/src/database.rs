@@ -27,6 +27,9 @@ pub struct Applied {
 pub struct PlantedBugs {
     /// Locks are granted during lock-delay, as if it had ended.
     pub ignore_lock_delay: bool,
+    /// `check_sequencer` (and so the `SequencerValid` test) accepts a sequencer whose grant was
+    /// superseded, as long as the lock is held in its mode under any generation.
+    pub check_sequencer_ignores_generation: bool,
 }
 
 /// The Chubby-style database and lock service as a deterministic state machine.
@@ -179,15 +182,18 @@ impl Database {
             return Err(SequencerInvalid::InstanceChanged);
         }
         let holders = self.state.locks.get(&sequencer.path).map(|l| &l.holders);
+        let any_generation = self.bugs().check_sequencer_ignores_generation;
         let held = match holders {
             None | Some(Holders::Free) => false,
             Some(Holders::Exclusive { generation, .. }) => {
                 sequencer.mode == crate::LockMode::Exclusive
-                    && *generation == sequencer.lock_generation
+                    && (*generation == sequencer.lock_generation || any_generation)
             }
             Some(Holders::Shared(map)) => {
                 sequencer.mode == crate::LockMode::Shared
-                    && map.values().any(|g| *g == sequencer.lock_generation)
+                    && map
+                        .values()
+                        .any(|g| *g == sequencer.lock_generation || any_generation)
             }
         };
         if held {

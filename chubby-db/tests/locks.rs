@@ -374,6 +374,7 @@ fn planted_bug_ignores_lock_delay() {
     let (mut h, s) = setup(2, 5_000);
     h.db.plant_bugs(chubby_db::PlantedBugs {
         ignore_lock_delay: true,
+        ..Default::default()
     });
     h.lock(s[0], "/l", Exclusive);
     h.now_ms = 10_000;

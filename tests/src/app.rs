@@ -1,9 +1,11 @@
 //! The replicated state machine the simulator runs above the engine: a register whose writes carry
-//! unique numbers, with a running digest (hash chain) of everything applied.
+//! unique numbers, with a running digest (hash chain) of everything applied. On a chubby seed
+//! (`sim/chubby.rs`) it also carries the real `chubby_db::Database`, fed the same log values, so
+//! snapshots, restarts and catch-up move the database wherever they move the register.
 
 use paxos_core::{EntryKind, Slot, Value};
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Register {
     /// The last value written.
     pub value: u64,
@@ -11,7 +13,22 @@ pub struct Register {
     pub applied: Slot,
     /// Hash chain over every applied slot and value: equal chains mean equal histories.
     pub chain: u64,
+    /// The chubby-db state machine, on a chubby seed (`None` on a register seed). The simulator
+    /// applies commands to it; `Register::apply` leaves it alone.
+    pub db: Option<Box<chubby_db::Database>>,
 }
+
+/// Registers are equal when their histories are; databases compare by digest.
+impl PartialEq for Register {
+    fn eq(&self, other: &Register) -> bool {
+        self.value == other.value
+            && self.applied == other.applied
+            && self.chain == other.chain
+            && self.db.as_ref().map(|d| d.digest()) == other.db.as_ref().map(|d| d.digest())
+    }
+}
+
+impl Eq for Register {}
 
 /// What applying a slot asks of the driver.
 #[derive(Debug, Default)]

@@ -33,10 +33,21 @@ pub enum Check {
     SyncedLost,
     /// An assertion in the engine (an invariant) or the simulator failed.
     Panic,
+    /// Chubby seeds: never two exclusive holders at once whose sequencers validate, no grant
+    /// while another client still believes it holds a conflicting one, and no older holder's
+    /// write at the downstream resource after a newer holder's (see `sim/chubby.rs`).
+    LockSafety,
+    /// Chubby seeds: a sequencer whose grant was superseded never validates again.
+    SequencerSuperseded,
+    /// Chubby seeds: a MultiOp retried with the same `(session, seq)` is applied once.
+    ExactlyOnce,
+    /// Chubby seeds: replicas that applied a slot agree on its replies and events, and on the
+    /// database digest and session and lock state at each consistency check.
+    DatabaseAgreement,
 }
 
 impl Check {
-    pub const ALL: [Check; 10] = [
+    pub const ALL: [Check; 14] = [
         Check::OneValuePerSlot,
         Check::PrefixAgreement,
         Check::LeaseOverlap,
@@ -47,6 +58,10 @@ impl Check {
         Check::Liveness,
         Check::SyncedLost,
         Check::Panic,
+        Check::LockSafety,
+        Check::SequencerSuperseded,
+        Check::ExactlyOnce,
+        Check::DatabaseAgreement,
     ];
 }
 

@@ -9,9 +9,16 @@
 //!
 //! About half the seeds run the real storage code (`replicated_log::storage`) over a faulty
 //! in-memory disk instead of the model disk: see `sim/disk.rs`.
+//!
+//! A chubby seed (`Options::chubby`) runs the real `chubby_db::Database` on every replica instead
+//! of the register's clients, with simulated master duties, clients, a fenced downstream resource
+//! and the lock-safety, sequencer, exactly-once and database-agreement checkers: see
+//! `sim/chubby.rs`.
 
+mod chubby;
 mod disk;
 
+pub use chubby::ChubbyOptions;
 pub use disk::{DiskBugs, DiskChoice, RealDiskOptions};
 
 use crate::app::{encode, Fnv, Register};
@@ -73,6 +80,8 @@ pub struct Options {
     pub trace: bool,
     /// The checks that may report a violation (all, unless a teeth test isolates one).
     pub checks: Vec<Check>,
+    /// Run the chubby-db database and its clients instead of the register's (`None`: register).
+    pub chubby: Option<ChubbyOptions>,
 }
 
 impl Options {
@@ -116,6 +125,7 @@ impl Options {
             real_disk: RealDiskOptions::from_seed(seed, DiskChoice::Mixed),
             trace: false,
             checks: Check::ALL.to_vec(),
+            chubby: None,
         }
     }
 
@@ -128,6 +138,22 @@ impl Options {
 }
 
 impl Options {
+    /// A chubby seed: the seed's engine, network and disk options (a shorter run, so a sweep of
+    /// a thousand fits the CI budget), with the chubby-db database and its clients instead of
+    /// the register's, `bugs` planted in the database.
+    pub fn chubby_from_seed(
+        seed: u64,
+        mode: Mode,
+        bugs: chubby_db::PlantedBugs,
+        disk: DiskChoice,
+    ) -> Options {
+        let mut options = Options::from_seed_on(seed, mode, PlantedBugs::default(), disk);
+        let mut rng = Rng::new(seed ^ 0xC4B8_F0A5);
+        options.fault_phase_ns = 8 * SECOND + rng.below(8 * SECOND);
+        options.chubby = Some(ChubbyOptions::from_seed(seed, bugs));
+        options
+    }
+
     /// The simulator's throughput benchmark: five voters and a steady client load over a network
     /// that delays and reorders but does not fail, so the figure is the cost of the engine, the
     /// network model and the checkers per message delivered.
@@ -188,6 +214,9 @@ enum Event {
     Read,
     Membership,
     StartLiveness,
+    /// Something in the chubby world: a client's step, a message between a client and a replica,
+    /// a write reaching the downstream resource.
+    Chubby(chubby::ChubbyEvent),
 }
 
 /// One batch of records waiting for its sync, and the messages it releases.
@@ -262,6 +291,8 @@ pub struct Stats {
     pub torn_tails: u64,
     /// Failed fdatasyncs (fatal: the node restarted).
     pub sync_failures: u64,
+    /// Chubby seeds: what the database and its clients did.
+    pub chubby: chubby::ChubbyStats,
     pub trace_hash: u64,
 }
 
@@ -285,6 +316,7 @@ impl Stats {
         self.rebuilds_after_damage += other.rebuilds_after_damage;
         self.torn_tails += other.torn_tails;
         self.sync_failures += other.sync_failures;
+        self.chubby.add(&other.chubby);
     }
 }
 
@@ -318,6 +350,8 @@ pub struct Sim {
     retire_checked_at: Slot,
     stats: Stats,
     trace: Fnv,
+    /// The chubby world, on a chubby seed.
+    chubby: Option<Box<chubby::World>>,
 }
 
 struct Liveness {
@@ -365,14 +399,25 @@ impl Sim {
                 ..Stats::default()
             },
             trace: Fnv::new(options.seed),
+            chubby: options
+                .chubby
+                .clone()
+                .map(|o| Box::new(chubby::World::new(o, options.seed))),
             nodes,
             options,
         };
         for node in 0..sim.nodes.len() {
+            let mut app = Register::default();
+            sim.complete_app(&mut app);
+            sim.nodes[node].app = app;
             sim.schedule_tick(node);
             sim.drain(node);
         }
-        sim.schedule(sim.options.submit_interval_ns, Event::Submit);
+        if sim.chubby.is_some() {
+            sim.start_chubby();
+        } else {
+            sim.schedule(sim.options.submit_interval_ns, Event::Submit);
+        }
         sim.schedule(20 * MS, Event::Read);
         let crash_at = sim.spread_around(sim.options.crash_mean_interval_ns);
         sim.schedule(crash_at, Event::Crash { node: usize::MAX });
@@ -412,6 +457,9 @@ impl Sim {
         self.finish(end);
         self.stats.virtual_ns = self.now;
         self.stats.trace_hash = self.trace.finish();
+        if let Some(world) = &self.chubby {
+            self.stats.chubby = world.stats.clone();
+        }
         self.stats.chosen = self.oracle.prefix.0;
         self.stats.acked = self.oracle.acked_count() as u64;
         Outcome {
@@ -547,6 +595,7 @@ impl Sim {
             Event::Read => (11, 0),
             Event::Membership => (12, 0),
             Event::StartLiveness => (13, 0),
+            Event::Chubby(event) => (14, event.trace_key()),
         };
         self.trace.write(kind);
         self.trace.write(node as u64);
@@ -582,6 +631,7 @@ impl Sim {
             Event::Read => self.on_read(),
             Event::Membership => self.on_membership(),
             Event::StartLiveness => self.start_liveness(),
+            Event::Chubby(event) => self.on_chubby(event),
         }
     }
 
@@ -594,6 +644,9 @@ impl Sim {
         };
         engine.handle_tick();
         self.drain(node);
+        if self.chubby.is_some() {
+            self.master_duties(node);
+        }
         self.schedule_tick(node);
     }
 
@@ -645,6 +698,9 @@ impl Sim {
             Action::Failed { id, .. } => {
                 self.nodes[node].open_submits.remove(&id);
                 self.submits.remove(&id);
+                if self.chubby.is_some() {
+                    self.chubby_failed(node, id);
+                }
                 if let Some(liveness) = &mut self.liveness {
                     if liveness.probe == Some(id) {
                         liveness.probe = None; // the probe's tenure ended: the next submit probes again
@@ -849,7 +905,12 @@ impl Sim {
             self.oracle.fail(Check::PrefixAgreement, self.now, detail);
             return;
         }
-        let applied = n.app.apply(slot, &value);
+        let mut applied = n.app.apply(slot, &value);
+        if self.chubby.is_some() {
+            // The database's digest, as the real server reports it, replaces the register's.
+            applied.digest = self.apply_chubby(node, slot, &value);
+        }
+        let n = &mut self.nodes[node];
         if let Some(digest) = applied.digest {
             n.engine
                 .as_mut()
@@ -873,9 +934,12 @@ impl Sim {
         }
         n.last_snapshot_slot = n.app.applied;
         let handle = engine.snapshot_handle();
-        let state = n.app.clone();
-        let generation = n.generation;
-        if n.real.is_some() {
+        let mut state = n.app.clone();
+        let (generation, real) = (n.generation, n.real.is_some());
+        if self.chubby.is_some() {
+            self.snapshot_round_trip(node, &mut state);
+        }
+        if real {
             self.begin_snapshot_real(node, &handle);
         }
         let delay = MS + self.rng.below(20 * MS);
@@ -972,6 +1036,8 @@ impl Sim {
             return;
         }
         self.stats.snapshots_installed += 1;
+        let mut state = state;
+        self.complete_app(&mut state);
         let n = &mut self.nodes[node];
         n.app = state.clone();
         n.last_snapshot_slot = handle.slot;
@@ -984,6 +1050,9 @@ impl Sim {
     }
 
     fn on_committed(&mut self, node: usize, id: EntryId, slot: Slot) {
+        if self.chubby.is_some() {
+            self.chubby_committed(node, id);
+        }
         self.nodes[node].open_submits.remove(&id);
         self.oracle.on_ack(self.now, id, slot);
         let tenure = self.nodes[node].tenure;
@@ -1143,6 +1212,9 @@ impl Sim {
     fn crash(&mut self, node: usize) {
         self.stats.crashes += 1;
         self.nodes[node].open_submits.clear();
+        if self.chubby.is_some() {
+            self.chubby_crashed(node);
+        }
         if self.options.trace {
             println!(
                 "{:.6} {} crashes",
@@ -1213,7 +1285,7 @@ impl Sim {
                 return self.restart_wiped(node);
             }
         };
-        n.app = match n.disk.snapshots.get(&state.snapshot.slot) {
+        let mut app = match n.disk.snapshots.get(&state.snapshot.slot) {
             Some(snapshot) => snapshot.clone(),
             None if state.snapshot.slot == Slot::ZERO => Register::default(),
             None => panic!(
@@ -1221,6 +1293,9 @@ impl Sim {
                 n.id, state.snapshot.slot
             ),
         };
+        self.complete_app(&mut app);
+        let n = &mut self.nodes[node];
+        n.app = app;
         n.last_snapshot_slot = state.snapshot.slot;
         n.rate_ppm = pick_rate(&mut self.rng, self.options.settings.clock_drift_ppm);
         let seed = self.rng.next_u64();
@@ -1320,6 +1395,10 @@ impl Sim {
         }
         n.app = Register::default();
         n.last_snapshot_slot = Slot::ZERO;
+        let mut app = Register::default();
+        self.complete_app(&mut app);
+        let n = &mut self.nodes[node];
+        n.app = app;
         n.rate_ppm = pick_rate(&mut self.rng, self.options.settings.clock_drift_ppm);
         let seed = self.rng.next_u64();
         let mut engine = Replica::rebuild(n.id, peers, self.options.settings.clone(), seed);
@@ -1478,6 +1557,9 @@ impl Sim {
             let real = self.options.real_disk.as_ref().map(RealDisk::new);
             self.nodes.push(Node::new(id, engine, rate, real));
             let index = self.nodes.len() - 1;
+            let mut app = Register::default();
+            self.complete_app(&mut app);
+            self.nodes[index].app = app;
             self.nodes[index].lost_incarnation = None;
             self.schedule_tick(index);
             self.drain(index);

@@ -44,6 +44,34 @@ pub fn sweep(
     jobs: usize,
     on_done: impl Fn() + Sync,
 ) -> Summary {
+    let options = |seed, mode| Options::from_seed_on(seed, mode, bugs, disk);
+    sweep_with(start, count, modes, jobs, on_done, options)
+}
+
+/// As [`sweep`], with the chubby-db database and its clients on every seed (`bugs` planted in
+/// the database).
+pub fn sweep_chubby(
+    start: u64,
+    count: u64,
+    modes: Modes,
+    bugs: chubby_db::PlantedBugs,
+    disk: DiskChoice,
+    jobs: usize,
+    on_done: impl Fn() + Sync,
+) -> Summary {
+    let options = |seed, mode| Options::chubby_from_seed(seed, mode, bugs, disk);
+    sweep_with(start, count, modes, jobs, on_done, options)
+}
+
+/// Runs seeds `start..start + count` on `jobs` threads, each with the options `options` makes.
+pub fn sweep_with(
+    start: u64,
+    count: u64,
+    modes: Modes,
+    jobs: usize,
+    on_done: impl Fn() + Sync,
+    options: impl Fn(u64, Mode) -> Options + Sync,
+) -> Summary {
     let next = AtomicU64::new(start);
     let summary = Arc::new(Mutex::new(Summary::default()));
     // Panics are reported as violations with their seed; the default hook would only add noise.
@@ -57,8 +85,7 @@ pub fn sweep(
                     break;
                 }
                 let mode = mode_for(seed, modes);
-                let options = Options::from_seed_on(seed, mode, bugs, disk);
-                let outcome = run_catching_panics(options);
+                let outcome = run_catching_panics(options(seed, mode));
                 add(
                     &mut summary.lock().expect("no thread panics holding it"),
                     seed,
@@ -121,6 +148,33 @@ pub fn replay_command(seed: u64, mode: Mode, bug: Option<&str>) -> String {
     let bug = bug.map(|b| format!(" --bug {b}")).unwrap_or_default();
     format!("cargo run -p tests --release --bin sim -- --seed {seed} --mode {mode}{bug}")
 }
+
+/// The command that replays one chubby seed exactly.
+pub fn replay_command_chubby(seed: u64, mode: Mode, bug: Option<&str>) -> String {
+    let mode = match mode {
+        Mode::Safety => "safety",
+        Mode::Liveness => "liveness",
+    };
+    let bug = bug
+        .map(|b| format!(" --chubby-bug {b}"))
+        .unwrap_or_default();
+    format!(
+        "cargo run -p tests --release --bin sim -- --app chubby --seed {seed} --mode {mode}{bug}"
+    )
+}
+
+/// Planted database bugs by name, for the command line and the teeth tests.
+pub fn chubby_bug_by_name(name: &str) -> Option<chubby_db::PlantedBugs> {
+    let mut bugs = chubby_db::PlantedBugs::default();
+    match name {
+        "ignore-lock-delay" => bugs.ignore_lock_delay = true,
+        "sequencer-ignores-generation" => bugs.check_sequencer_ignores_generation = true,
+        _ => return None,
+    }
+    Some(bugs)
+}
+
+pub const CHUBBY_BUG_NAMES: &[&str] = &["ignore-lock-delay", "sequencer-ignores-generation"];
 
 /// Planted bugs by name, for the command line and the teeth tests.
 pub fn bug_by_name(name: &str) -> Option<PlantedBugs> {

@@ -5,7 +5,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::process::ExitCode;
 use std::time::Instant;
 use tests::sim::{run, DiskChoice, Mode, Options, Stats};
-use tests::sweep::{bug_by_name, mode_for, replay_command, sweep, Modes, BUG_NAMES};
+use tests::sweep::{
+    bug_by_name, chubby_bug_by_name, mode_for, replay_command, replay_command_chubby, sweep,
+    sweep_chubby, Modes, BUG_NAMES, CHUBBY_BUG_NAMES,
+};
 
 /// Deterministic fault simulator for the Multi-Paxos engine.
 ///
@@ -47,6 +50,20 @@ struct Args {
     /// With --seed: print every event as it happens.
     #[arg(long, requires = "seed")]
     trace: bool,
+    /// The state machine above the engine: the register with its clients, or the real chubby-db
+    /// database with simulated master duties, clients, a fenced downstream resource and the
+    /// lock-safety, sequencer, exactly-once and database-agreement checkers.
+    #[arg(long, value_enum, default_value_t = AppArg::Register)]
+    app: AppArg,
+    /// With --app chubby: plant a deliberate bug in the database.
+    #[arg(long, value_parser = CHUBBY_BUG_NAMES.to_vec(), conflicts_with = "bug")]
+    chubby_bug: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AppArg {
+    Register,
+    Chubby,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -94,19 +111,27 @@ fn main() -> ExitCode {
         ModeArg::Liveness => Modes::Liveness,
         ModeArg::Both => Modes::Both,
     };
+    if args.chubby_bug.is_some() && args.app != AppArg::Chubby {
+        eprintln!("--chubby-bug needs --app chubby");
+        return ExitCode::FAILURE;
+    }
+    let chubby_bugs = args
+        .chubby_bug
+        .as_deref()
+        .map(|b| chubby_bug_by_name(b).expect("validated by clap"))
+        .unwrap_or_default();
+    let chubby = (args.app == AppArg::Chubby).then_some(chubby_bugs);
     if args.bench {
         return bench(args.start, args.seeds, args.json);
     }
     if let Some(seed) = args.seed {
-        return run_one(
-            seed,
-            mode_for(seed, modes),
-            bugs,
-            args.bug.as_deref(),
-            args.disk,
-            args.json,
-            args.trace,
-        );
+        let mode = mode_for(seed, modes);
+        let mut options = match chubby {
+            Some(bugs) => Options::chubby_from_seed(seed, mode, bugs, args.disk.choice()),
+            None => Options::from_seed_on(seed, mode, bugs, args.disk.choice()),
+        };
+        options.trace = args.trace;
+        return run_one(options, &replay(&args, seed, mode), args.json);
     }
     let jobs = args
         .jobs
@@ -121,9 +146,20 @@ fn main() -> ExitCode {
     }
     let started = Instant::now();
     let disk = args.disk.choice();
-    let summary = sweep(args.start, args.seeds, modes, bugs, disk, jobs, || {
-        bar.inc(1)
-    });
+    let summary = match chubby {
+        Some(chubby_bugs) => sweep_chubby(
+            args.start,
+            args.seeds,
+            modes,
+            chubby_bugs,
+            disk,
+            jobs,
+            || bar.inc(1),
+        ),
+        None => sweep(args.start, args.seeds, modes, bugs, disk, jobs, || {
+            bar.inc(1)
+        }),
+    };
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let cpu_seconds = seconds * jobs as f64;
@@ -154,19 +190,39 @@ fn main() -> ExitCode {
             summary.totals.snapshots_installed
         );
         println!("{}", disk_line(&summary.totals));
+        if chubby.is_some() {
+            println!("{}", chubby_line(&summary.totals));
+        }
     }
     match summary.failure {
         None => ExitCode::SUCCESS,
         Some((seed, mode, violation)) => {
-            eprintln!("FAILED seed {seed}: {violation}");
             eprintln!(
-                "replay: {}{}",
-                replay_command(seed, mode, args.bug.as_deref()),
-                args.disk.flag()
+                "FAILED seed {seed} ({} seeds of {} failed): {violation}",
+                summary.failures, summary.seeds
             );
+            eprintln!("replay: {}", replay(&args, seed, mode));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command that replays `seed` with the arguments of this run.
+fn replay(args: &Args, seed: u64, mode: Mode) -> String {
+    let command = match args.app {
+        AppArg::Register => replay_command(seed, mode, args.bug.as_deref()),
+        AppArg::Chubby => replay_command_chubby(seed, mode, args.chubby_bug.as_deref()),
+    };
+    format!("{command}{}", args.disk.flag())
+}
+
+/// What the database and its clients did on chubby seeds.
+fn chubby_line(s: &Stats) -> String {
+    let c = &s.chubby;
+    format!(
+        "chubby: {} seeds | {} sessions opened, {} expired | {} lock grants | {} MultiOps, {} retries answered from the reply cache | {} resource writes | {} sequencers judged | {} digest checks | {} client crashes",
+        c.seeds, c.sessions_opened, c.sessions_expired, c.grants, c.multi_ops, c.retries_deduplicated, c.resource_writes, c.sequencers_judged, c.digest_checks, c.client_crashes
+    )
 }
 
 /// The real-disk figures of a sweep.
@@ -184,17 +240,9 @@ fn disk_json(s: &Stats) -> String {
     )
 }
 
-fn run_one(
-    seed: u64,
-    mode: Mode,
-    bugs: paxos_core::PlantedBugs,
-    bug: Option<&str>,
-    disk: DiskArg,
-    json: bool,
-    trace: bool,
-) -> ExitCode {
-    let mut options = Options::from_seed_on(seed, mode, bugs, disk.choice());
-    options.trace = trace;
+fn run_one(options: Options, replay: &str, json: bool) -> ExitCode {
+    let seed = options.seed;
+    let chubby = options.chubby.is_some();
     if !json {
         println!("{options:#?}");
     }
@@ -209,6 +257,9 @@ fn run_one(
         );
     } else {
         println!("{s:#?}");
+        if chubby {
+            println!("{}", chubby_line(s));
+        }
         println!(
             "trace hash {:016x}, {:.3} s, {:.0} deliveries/s",
             s.trace_hash,
@@ -220,7 +271,7 @@ fn run_one(
         None => ExitCode::SUCCESS,
         Some(violation) => {
             eprintln!("FAILED seed {seed}: {violation}");
-            eprintln!("replay: {}{}", replay_command(seed, mode, bug), disk.flag());
+            eprintln!("replay: {replay}");
             ExitCode::FAILURE
         }
     }

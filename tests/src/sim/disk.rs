@@ -56,7 +56,8 @@ const DATA_DIR: &str = "/data";
 const CLUSTER: ClusterId = ClusterId(0x5EED_D15C);
 /// Bytes of the segment header its checksum covers: damage there is always reported.
 const HEADER_CHECKED_BYTES: u64 = SEGMENT_HEADER_BYTES - 4;
-/// A snapshot file holds the register: value, applied slot, hash chain.
+/// A snapshot file holds the register: value, applied slot, hash chain; on a chubby seed the
+/// database's own snapshot bytes follow (`chubby_db::Snapshot`, checksummed).
 const REGISTER_BYTES: usize = 24;
 
 /// Which disk the simulated nodes run on.
@@ -273,6 +274,11 @@ impl RealDisk {
         writer
             .write_all(&encode_register(register))
             .expect("a snapshot file can be written");
+        if let Some(db) = &register.db {
+            writer
+                .write_all(&db.snapshot().to_bytes())
+                .expect("a snapshot file can be written");
+        }
         self.writing.push((handle.slot, writer));
     }
 
@@ -297,8 +303,14 @@ impl RealDisk {
             .map_err(|e| e.to_string())?;
         let mut bytes = Vec::new();
         reader.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
-        let register = decode_register(&bytes)
+        let split = bytes.len().min(REGISTER_BYTES);
+        let mut register = decode_register(&bytes[..split])
             .ok_or_else(|| format!("snapshot at {slot} holds {} bytes", bytes.len()))?;
+        if bytes.len() > REGISTER_BYTES {
+            let db = chubby_db::Database::from_snapshot(&mut &bytes[REGISTER_BYTES..])
+                .map_err(|e| format!("the database in the snapshot at {slot}: {e}"))?;
+            register.db = Some(Box::new(db));
+        }
         if register.applied != slot {
             return Err(format!(
                 "snapshot file at {slot} holds the state at {}",
@@ -324,6 +336,7 @@ fn decode_register(bytes: &[u8]) -> Option<Register> {
         value: word(0),
         applied: Slot(word(8)),
         chain: word(16),
+        db: None,
     })
 }
 
@@ -474,7 +487,7 @@ impl Sim {
         unsynced: Vec<(Incarnation, Record)>,
     ) {
         let id = self.nodes[node].id;
-        let app = match self.real_disk(node).read_register(state.snapshot.slot) {
+        let mut app = match self.real_disk(node).read_register(state.snapshot.slot) {
             Ok(app) => app,
             Err(why) => {
                 if injected.as_ref().and_then(|i| i.snapshot) != Some(state.snapshot.slot) {
@@ -504,6 +517,7 @@ impl Sim {
                 self.oracle.fail(Check::SyncedLost, self.now, detail);
             }
         }
+        self.complete_app(&mut app);
         let peers = self.peer_ids();
         let n = &mut self.nodes[node];
         n.disk.durable = state.to_records();
@@ -585,9 +599,10 @@ impl Sim {
             .storage()
             .install_snapshot_bytes(&bytes)
             .unwrap_or_else(|e| panic!("{id}: cannot install a peer's snapshot file: {e}"));
-        let app = real
+        let mut app = real
             .read_register(handle.slot)
             .unwrap_or_else(|why| panic!("{id}: an installed snapshot does not read: {why}"));
+        self.complete_app(&mut app);
         if Some(app.chain) != self.oracle.chain_at(handle.slot) {
             let detail = format!(
                 "{} shipped a snapshot at {} whose history differs from the chosen one",
@@ -867,6 +882,7 @@ mod tests {
             value: 7,
             applied: Slot(42),
             chain: 0xDEAD_BEEF,
+            db: None,
         };
         assert_eq!(decode_register(&encode_register(&register)), Some(register));
         assert_eq!(decode_register(&[0u8; 23]), None);
