@@ -61,6 +61,7 @@
 //! # }
 //! ```
 
+pub mod admin;
 mod client;
 mod config;
 mod error;
@@ -70,6 +71,7 @@ mod lock;
 mod session;
 mod tls;
 
+pub use admin::{Admin, AdminError};
 pub use client::{CasOutcome, Client, Create, IntoPath, MultiOpResult, Written};
 pub use config::{ClientConfig, ClientIdentity, Timeouts};
 pub use error::Error;
