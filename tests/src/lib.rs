@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod hash;
+pub mod lincheck;
 pub mod oracle;
 pub mod queue;
 pub mod sim;
