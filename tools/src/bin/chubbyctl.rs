@@ -33,6 +33,8 @@ struct Cli {
 enum Command {
     #[command(flatten)]
     Client(ClientCommand),
+    #[command(flatten)]
+    Admin(tools::admin_commands::AdminCommand),
     /// Certificates for a cluster.
     Certs {
         #[command(subcommand)]
@@ -118,6 +120,14 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> Result<ExitCode, String> {
     match &cli.command {
+        Command::Admin(command) => {
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            Ok(runtime.block_on(tools::admin_commands::run(
+                command,
+                &cli.connection,
+                cli.json,
+            )))
+        }
         Command::Client(command) => {
             let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
             runtime.block_on(tools::client_commands::run(
