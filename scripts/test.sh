@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: every unit, protocol, storage, transport, end-to-end and simulator
-# test, then a seed sweep of the deterministic simulator across safety and liveness modes. SEEDS
-# overrides the sweep size.
+# test, then seed sweeps of the deterministic simulator across safety and liveness modes, with the
+# register and with the chubby-db database above the engine. SEEDS and CHUBBY_SEEDS override the
+# sweep sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace
@@ -10,3 +11,7 @@ cargo test --workspace
 # checks stay on). Running it directly spares CI a rebuild of the dependency tree that
 # `cargo run -p tests` would make with that package's features alone.
 "${CARGO_TARGET_DIR:-target}/debug/sim" --seeds "${SEEDS:-1000}"
+# The same engine, network, crash and disk faults with the real chubby-db database and its
+# simulated clients on top (lock safety, sequencers, exactly once, database agreement).
+# CHUBBY_SEEDS overrides the sweep size.
+"${CARGO_TARGET_DIR:-target}/debug/sim" --app chubby --seeds "${CHUBBY_SEEDS:-1000}"

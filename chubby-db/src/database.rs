@@ -30,6 +30,8 @@ pub struct PlantedBugs {
     /// `check_sequencer` (and so the `SequencerValid` test) accepts a sequencer whose grant was
     /// superseded, as long as the lock is held in its mode under any generation.
     pub check_sequencer_ignores_generation: bool,
+    /// A MultiOp finds no cached reply for its `(session, seq)`: a retry runs again.
+    pub forget_replies: bool,
 }
 
 /// The Chubby-style database and lock service as a deterministic state machine.
@@ -75,7 +77,12 @@ impl Database {
             Command::OpenSession { now_ms, lease_ms } => self.on_open_session(*now_ms, *lease_ms),
             Command::KeepAlive { session, now_ms } => self.on_keep_alive(*session, *now_ms),
             Command::CloseSession { session } => self.on_close_session(*session),
-            Command::MultiOp { session, seq, op } => self.on_multi_op(*session, *seq, op),
+            Command::MultiOp { session, seq, op } => {
+                if self.bugs().forget_replies {
+                    self.forget_reply(*session, *seq);
+                }
+                self.on_multi_op(*session, *seq, op)
+            }
             Command::Tick { now_ms } => self.on_tick(*now_ms),
             Command::MasterChanged { epoch, now_ms } => self.on_master_changed(*epoch, *now_ms),
             Command::Restore { snapshot, force } => self.on_restore(snapshot, *force),
@@ -271,6 +278,18 @@ impl Database {
     #[cfg(feature = "planted-bugs")]
     pub fn plant_bugs(&mut self, bugs: PlantedBugs) {
         self.planted = bugs;
+    }
+
+    /// Planted bug `forget_replies`: drops the cached reply of `(session, seq)`.
+    fn forget_reply(&mut self, session: SessionId, seq: crate::RequestSeq) {
+        let cached = self
+            .state
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.replies.contains_key(&seq));
+        if cached {
+            self.session_mut(session).replies.remove(&seq);
+        }
     }
 
     pub(crate) fn bugs(&self) -> PlantedBugs {

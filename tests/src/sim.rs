@@ -18,7 +18,7 @@
 mod chubby;
 mod disk;
 
-pub use chubby::ChubbyOptions;
+pub use chubby::{ChubbyBugs, ChubbyOptions};
 pub use disk::{DiskBugs, DiskChoice, RealDiskOptions};
 
 use crate::app::{encode, Fnv, Register};
@@ -141,15 +141,10 @@ impl Options {
     /// A chubby seed: the seed's engine, network and disk options (a shorter run, so a sweep of
     /// a thousand fits the CI budget), with the chubby-db database and its clients instead of
     /// the register's, `bugs` planted in the database.
-    pub fn chubby_from_seed(
-        seed: u64,
-        mode: Mode,
-        bugs: chubby_db::PlantedBugs,
-        disk: DiskChoice,
-    ) -> Options {
+    pub fn chubby_from_seed(seed: u64, mode: Mode, bugs: ChubbyBugs, disk: DiskChoice) -> Options {
         let mut options = Options::from_seed_on(seed, mode, PlantedBugs::default(), disk);
         let mut rng = Rng::new(seed ^ 0xC4B8_F0A5);
-        options.fault_phase_ns = 8 * SECOND + rng.below(8 * SECOND);
+        options.fault_phase_ns = 10 * SECOND + rng.below(12 * SECOND);
         options.chubby = Some(ChubbyOptions::from_seed(seed, bugs));
         options
     }

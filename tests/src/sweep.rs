@@ -1,7 +1,7 @@
 //! Runs many seeds, in parallel threads, and reports the first failure with its replay command.
 
 use crate::oracle::{Check, Violation};
-use crate::sim::{run, DiskChoice, Mode, Options, Outcome, Stats};
+use crate::sim::{run, ChubbyBugs, DiskChoice, Mode, Options, Outcome, Stats};
 use paxos_core::PlantedBugs;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,7 +54,7 @@ pub fn sweep_chubby(
     start: u64,
     count: u64,
     modes: Modes,
-    bugs: chubby_db::PlantedBugs,
+    bugs: ChubbyBugs,
     disk: DiskChoice,
     jobs: usize,
     on_done: impl Fn() + Sync,
@@ -163,18 +163,26 @@ pub fn replay_command_chubby(seed: u64, mode: Mode, bug: Option<&str>) -> String
     )
 }
 
-/// Planted database bugs by name, for the command line and the teeth tests.
-pub fn chubby_bug_by_name(name: &str) -> Option<chubby_db::PlantedBugs> {
-    let mut bugs = chubby_db::PlantedBugs::default();
+/// Planted database bugs by name, for the command line and the teeth tests. `diverging-replica`
+/// plants `forget_replies` on the first replica only.
+pub fn chubby_bug_by_name(name: &str) -> Option<ChubbyBugs> {
+    let mut bugs = ChubbyBugs::default();
     match name {
-        "ignore-lock-delay" => bugs.ignore_lock_delay = true,
-        "sequencer-ignores-generation" => bugs.check_sequencer_ignores_generation = true,
+        "ignore-lock-delay" => bugs.all.ignore_lock_delay = true,
+        "sequencer-ignores-generation" => bugs.all.check_sequencer_ignores_generation = true,
+        "forget-replies" => bugs.all.forget_replies = true,
+        "diverging-replica" => bugs.first_replica.forget_replies = true,
         _ => return None,
     }
     Some(bugs)
 }
 
-pub const CHUBBY_BUG_NAMES: &[&str] = &["ignore-lock-delay", "sequencer-ignores-generation"];
+pub const CHUBBY_BUG_NAMES: &[&str] = &[
+    "ignore-lock-delay",
+    "sequencer-ignores-generation",
+    "forget-replies",
+    "diverging-replica",
+];
 
 /// Planted bugs by name, for the command line and the teeth tests.
 pub fn bug_by_name(name: &str) -> Option<PlantedBugs> {

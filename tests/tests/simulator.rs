@@ -1,7 +1,7 @@
 //! The simulator itself: the correct engine passes, and any run replays bit for bit from its seed.
 
 use tests::sim::{run, DiskChoice, Mode, Options};
-use tests::sweep::{replay_command, sweep, Modes};
+use tests::sweep::{replay_command, replay_command_chubby, sweep, sweep_chubby, Modes};
 
 #[test]
 fn a_run_replays_bit_for_bit_from_its_seed() {
@@ -89,5 +89,59 @@ fn the_real_storage_passes_a_small_sweep_with_disk_faults() {
     assert!(
         t.torn_tails > 0 && t.sync_failures > 0,
         "torn writes and failed fdatasyncs happened"
+    );
+}
+
+#[test]
+fn a_chubby_run_replays_bit_for_bit_from_its_seed() {
+    for (seed, mode, disk) in [
+        (5, Mode::Safety, DiskChoice::Model),
+        (8, Mode::Liveness, DiskChoice::Real),
+    ] {
+        let options = || Options::chubby_from_seed(seed, mode, Default::default(), disk);
+        let (first, second) = (run(options()), run(options()));
+        assert_eq!(
+            first.stats.trace_hash, second.stats.trace_hash,
+            "chubby seed {seed} did not replay"
+        );
+        assert_eq!(first.stats.events, second.stats.events);
+        assert!(first.stats.chubby.multi_ops > 0, "clients did work");
+    }
+}
+
+#[test]
+fn the_correct_database_passes_a_small_chubby_sweep() {
+    let summary = sweep_chubby(
+        3000,
+        100,
+        Modes::Both,
+        Default::default(),
+        DiskChoice::Mixed,
+        2,
+        || {},
+    );
+    if let Some((seed, mode, violation)) = &summary.failure {
+        panic!(
+            "{violation}\nreplay: {}",
+            replay_command_chubby(*seed, *mode, None)
+        );
+    }
+    let c = &summary.totals.chubby;
+    assert_eq!(c.seeds, 100);
+    assert!(
+        c.sessions_opened > 0 && c.sessions_expired > 0 && c.client_crashes > 0,
+        "sessions were opened and expired: {c:?}"
+    );
+    assert!(
+        c.grants > 0 && c.resource_writes > 0 && c.sequencers_judged > 0,
+        "locks moved between clients and sequencers were used: {c:?}"
+    );
+    assert!(
+        c.multi_ops > 0 && c.retries_deduplicated > 0 && c.digest_checks > 0,
+        "MultiOps were retried and replicas compared: {c:?}"
+    );
+    assert!(
+        summary.totals.crashes > 0 && summary.totals.snapshots_installed > 0,
+        "the engine's faults and snapshots ran under the database"
     );
 }

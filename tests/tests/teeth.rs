@@ -1,10 +1,12 @@
-//! Every checker has teeth: with one deliberately broken engine behaviour (or use of storage)
-//! planted, and only that checker enabled, the simulator finds a violation within a bounded number
-//! of seeds.
+//! Every checker has teeth: with one deliberately broken engine behaviour (or use of storage, or
+//! database behaviour on chubby seeds) planted, and only that checker enabled, the simulator finds
+//! a violation within a bounded number of seeds.
 
 use tests::oracle::Check;
 use tests::sim::{DiskBugs, DiskChoice, Options};
-use tests::sweep::{bug_by_name, mode_for, run_catching_panics, Modes};
+use tests::sweep::{
+    bug_by_name, chubby_bug_by_name, mode_for, replay_command_chubby, run_catching_panics, Modes,
+};
 
 /// Runs seeds from 0 with `bug` planted and only `check` enabled; returns the first seed that
 /// violates it.
@@ -128,4 +130,68 @@ fn prefix_agreement_catches_messages_released_before_their_sync() {
         ..DiskBugs::default()
     };
     assert_disk_bug_caught(bugs, Check::PrefixAgreement, Modes::Safety, 20);
+}
+
+/// Runs chubby seeds from 0 with the database bug `bug` planted and only `check` enabled; returns
+/// the first seed that violates it.
+fn first_chubby_violation(bug: &str, check: Check, modes: Modes, seeds_max: u64) -> Option<u64> {
+    let bugs = chubby_bug_by_name(bug).expect("known database bug");
+    (0..seeds_max).find(|seed| {
+        let mode = mode_for(*seed, modes);
+        let mut options = Options::chubby_from_seed(*seed, mode, bugs, DiskChoice::Mixed);
+        options.checks = vec![check];
+        let outcome = run_catching_panics(options);
+        outcome.violation.is_some_and(|v| v.check == check)
+    })
+}
+
+/// The checker catches the planted database bug within `seeds_max` seeds, and the correct
+/// database passes every seed up to the one that caught it, with every check enabled.
+fn assert_chubby_caught(bug: &str, check: Check, modes: Modes, seeds_max: u64) {
+    let found = first_chubby_violation(bug, check, modes, seeds_max);
+    let Some(found) = found else {
+        panic!("{check:?} did not catch planted database bug {bug} within {seeds_max} seeds");
+    };
+    eprintln!("{check:?} caught {bug} at chubby seed {found}");
+    for seed in 0..=found {
+        let mode = mode_for(seed, modes);
+        let options = Options::chubby_from_seed(seed, mode, Default::default(), DiskChoice::Mixed);
+        let outcome = run_catching_panics(options);
+        if let Some(violation) = outcome.violation {
+            panic!(
+                "the correct database fails chubby seed {seed}: {violation}\nreplay: {}",
+                replay_command_chubby(seed, mode, None)
+            );
+        }
+    }
+}
+
+#[test]
+fn lock_safety_catches_locks_granted_during_lock_delay() {
+    assert_chubby_caught("ignore-lock-delay", Check::LockSafety, Modes::Both, 300);
+}
+
+#[test]
+fn sequencer_check_catches_a_superseded_sequencer_that_validates() {
+    assert_chubby_caught(
+        "sequencer-ignores-generation",
+        Check::SequencerSuperseded,
+        Modes::Both,
+        50,
+    );
+}
+
+#[test]
+fn exactly_once_catches_retries_that_run_again() {
+    assert_chubby_caught("forget-replies", Check::ExactlyOnce, Modes::Both, 50);
+}
+
+#[test]
+fn database_agreement_catches_a_replica_whose_state_machine_differs() {
+    assert_chubby_caught(
+        "diverging-replica",
+        Check::DatabaseAgreement,
+        Modes::Both,
+        50,
+    );
 }

@@ -68,15 +68,33 @@ pub struct ChubbyOptions {
     /// Mean time between a client's steps.
     pub step_mean_ns: u64,
     /// Deliberately broken database behaviours (teeth tests).
-    pub bugs: PlantedBugs,
+    pub bugs: ChubbyBugs,
+}
+
+/// Database bugs planted on every replica, or on the first replica only (then the replicas'
+/// state machines differ, which the agreement checker must notice).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChubbyBugs {
+    pub all: PlantedBugs,
+    pub first_replica: PlantedBugs,
+}
+
+impl ChubbyBugs {
+    fn for_node(&self, node: usize) -> PlantedBugs {
+        if node == 0 && self.first_replica != PlantedBugs::default() {
+            self.first_replica
+        } else {
+            self.all
+        }
+    }
 }
 
 impl ChubbyOptions {
-    pub fn from_seed(seed: u64, bugs: PlantedBugs) -> ChubbyOptions {
+    pub fn from_seed(seed: u64, bugs: ChubbyBugs) -> ChubbyOptions {
         let mut rng = Rng::new(seed ^ 0xC4B8_7D8B_0DB5);
         let lock_delay_ms = 500 + rng.below(1_000);
         ChubbyOptions {
-            clients: 3 + rng.below(4) as usize,
+            clients: 3 + rng.below(6) as usize,
             lease_ms: 1_000 + rng.below(2_000),
             lock_delay_ms,
             clock_skew_max_ms: rng.below(80),
@@ -832,7 +850,7 @@ impl Sim {
             );
             Box::new(Database::new(world.options.database_config()))
         });
-        db.plant_bugs(world.options.bugs);
+        db.plant_bugs(world.options.bugs.all);
     }
 
     pub(super) fn start_chubby(&mut self) {
@@ -928,6 +946,7 @@ impl Sim {
             .take()
             .expect("a chubby replica has its database");
         let world = self.chubby.as_mut().expect("a chubby seed");
+        db.plant_bugs(world.options.bugs.for_node(node));
         let first = slot > world.observed_through;
         if first {
             world.observed_through = slot;
@@ -1282,7 +1301,7 @@ impl Sim {
             }
             580..=719 => self.cas_request(client),
             720..=879 => self.namespace_request(client),
-            880..=939 => {
+            880..=954 => {
                 // Close the session cleanly, once no write is in flight.
                 let c = &mut self.world().clients[client];
                 if c.writes_in_flight == 0 {
@@ -1290,7 +1309,7 @@ impl Sim {
                     self.send_new(client, Wire::Close(id), Purpose::Close);
                 }
             }
-            940..=979 => {
+            955..=984 => {
                 // Fall silent: no KeepAlives, no requests, for up to three leases. Writes under
                 // the locks it believes it holds go on until its lease runs out in its view.
                 let world = self.world();
@@ -1672,7 +1691,7 @@ mod tests {
 
     #[test]
     fn a_client_believes_its_lease_for_less_than_the_lease() {
-        let options = ChubbyOptions::from_seed(7, PlantedBugs::default());
+        let options = ChubbyOptions::from_seed(7, ChubbyBugs::default());
         let world = World::new(options.clone(), 7);
         let until = world.believed_until(SECOND);
         assert!(until < SECOND + options.lease_ms * MS);
