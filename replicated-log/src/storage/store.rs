@@ -5,7 +5,7 @@ use super::format::{self, align_up, encode_batch, frame_bytes, names, Identity, 
 use super::limits::{RECORD_BYTES_MAX, SECTOR_BYTES, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN};
 use super::recovery::{self, Listing, Recovered, Recovery, TornTail};
 use super::snapshot::{self, SnapshotFiles, SnapshotReader, SnapshotWriter};
-use super::vfs::Vfs;
+use super::vfs::{Vfs, VfsFile};
 use super::wal::{
     self, create_segment, io_error, sync_dir, sync_file, ActiveSegment, IoCounts, Tail,
 };
@@ -13,6 +13,9 @@ use paxos_core::{DurableState, Record, Slot, SnapshotHandle};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+
+/// A batch buffer that grew past this is dropped after its write rather than kept.
+const BUFFER_KEPT_BYTES: usize = 16 << 20;
 
 /// How a data directory is laid out and repaired.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,6 +135,8 @@ pub struct Storage<V: Vfs> {
     temp_names: Arc<AtomicU64>,
     torn_tail: Option<TornTail>,
     spare: Spare,
+    /// A superseded segment kept by the last compaction for the next roll (a `.tmp` name).
+    recycled: Option<PathBuf>,
     /// The data directory's lock (real files only), released when the storage is dropped.
     _lock: Option<super::DirLock>,
 }
@@ -171,6 +176,9 @@ struct Log<V: Vfs> {
     pending: Vec<Vec<u8>>,
     /// A snapshot record changed the state's snapshot: compact after the next sync.
     compact_due: bool,
+    /// The bytes of the batch being written, kept between syncs so that a large batch does not
+    /// allocate (and fault in) fresh memory every time.
+    buffer: Vec<u8>,
 }
 
 impl<V: Vfs> Storage<V> {
@@ -196,6 +204,7 @@ impl<V: Vfs> Storage<V> {
             temp_names: Arc::new(AtomicU64::new(0)),
             torn_tail: None,
             spare: Spare::None,
+            recycled: None,
             _lock: None,
         };
         storage.ensure_dir()?;
@@ -288,6 +297,7 @@ impl<V: Vfs> Storage<V> {
             state: Some(recovered.state.clone()),
             pending: Vec::new(),
             compact_due: false,
+            buffer: Vec::new(),
         }));
         Ok(Opened::Recovered {
             identity: recovered.identity,
@@ -396,6 +406,7 @@ impl<V: Vfs> Storage<V> {
                     state: None,
                     pending: Vec::new(),
                     compact_due: false,
+                    buffer: Vec::new(),
                 }));
                 Ok(())
             }
@@ -433,6 +444,8 @@ impl<V: Vfs> Storage<V> {
         tracing::warn!(to = %aside.display(), "quarantined the data directory");
         self.phase = Phase::Empty;
         self.torn_tail = None;
+        // Its old records would read as later batches of the log that starts over at batch 0.
+        self.recycled = None;
         Ok(aside)
     }
 }
@@ -504,6 +517,8 @@ impl<V: Vfs> Storage<V> {
     fn sync_inner(&mut self, counts: &mut IoCounts) -> Result<SyncReport, StorageError> {
         let (vfs, dir, options) = (&self.vfs, &self.dir, &self.options);
         let spare = &mut self.spare;
+        let recycled = &mut self.recycled;
+        let temp_names = &self.temp_names;
         let Phase::Open(log) = &mut self.phase else {
             unreachable!("checked by the caller");
         };
@@ -519,7 +534,8 @@ impl<V: Vfs> Storage<V> {
                 splits && log.segment.offset > SECTOR_BYTES && frames(rest) <= fresh_room;
             if take == 0 || roll_whole {
                 let need = SECTOR_BYTES + align_up(frame_bytes(rest[0].len()));
-                roll(vfs, dir, options, log, need, take_spare(spare), counts)?;
+                let spare = recycled.take().or_else(|| take_spare(spare));
+                roll(vfs, dir, options, log, need, spare, counts)?;
                 self.metrics.segments_created += 1;
                 report.rolled = true;
                 continue;
@@ -531,7 +547,12 @@ impl<V: Vfs> Storage<V> {
             rest = &rest[take..];
         }
         if log.compact_due {
-            compact(vfs, dir, options, log, take_spare(spare), counts)?;
+            let spare = recycled.take().or_else(|| take_spare(spare));
+            let recycle_to = options.preallocate.then(|| {
+                let n = temp_names.fetch_add(1, Ordering::Relaxed);
+                dir.join(format!("wal-recycled-{n}.tmp"))
+            });
+            *recycled = compact(vfs, dir, options, log, spare, recycle_to, counts)?;
             self.metrics.segments_created += 1;
             self.metrics.compactions += 1;
             report.compacted = true;
@@ -586,21 +607,27 @@ fn write_batch<V: Vfs>(
     records: &[Vec<u8>],
     counts: &mut IoCounts,
 ) -> Result<u64, StorageError> {
-    let mut bytes = Vec::with_capacity(align_up(frames(records)) as usize);
-    encode_batch(records, log.next_batch, &mut bytes);
+    let bytes = &mut log.buffer;
+    bytes.clear();
+    encode_batch(records, log.next_batch, bytes);
+    let batch_bytes = bytes.len() as u64;
     let segment = &mut log.segment;
-    assert!(bytes.len() as u64 <= segment.room(), "the batch fits");
+    assert!(batch_bytes <= segment.room(), "the batch fits");
+    wal::end_marker(bytes, segment.room());
     wal::write_at(
         &mut segment.file,
         &segment.path,
         segment.offset,
-        &bytes,
+        bytes,
         counts,
     )?;
     sync_file(&mut segment.file, &segment.path, counts)?;
-    segment.offset += bytes.len() as u64;
+    segment.offset += batch_bytes;
     log.next_batch += 1;
-    Ok(bytes.len() as u64)
+    if bytes.capacity() > BUFFER_KEPT_BYTES {
+        *bytes = Vec::new();
+    }
+    Ok(batch_bytes)
 }
 
 /// Starts the next segment (at least `need` bytes).
@@ -649,14 +676,19 @@ fn roll<V: Vfs>(
 /// Restates the state in a new base segment, then removes what it supersedes: older segments and
 /// snapshot files older than the state's snapshot. Each step is durable before the next starts, so a
 /// crash at any point recovers either the old chain or the new base.
+///
+/// With `recycle_to`, one superseded segment of the standard size is renamed there instead of
+/// removed, and returned: the next roll reuses its allocated blocks rather than zero-filling a new
+/// file (see `docs/storage-format.md`, "Recycled segments").
 fn compact<V: Vfs>(
     vfs: &V,
     dir: &Path,
     options: &StorageOptions,
     log: &mut Log<V>,
     spare: Option<PathBuf>,
+    mut recycle_to: Option<PathBuf>,
     counts: &mut IoCounts,
-) -> Result<(), StorageError> {
+) -> Result<Option<PathBuf>, StorageError> {
     let state = log.state.as_ref().expect("a snapshot record was folded");
     let snapshot_slot = state.snapshot.slot;
     let mut encoded = Vec::new();
@@ -703,8 +735,15 @@ fn compact<V: Vfs>(
         .filter(|slot| **slot < snapshot_slot)
         .map(|slot| names::snapshot(*slot));
     let obsolete: Vec<String> = old_segments.chain(old_snapshots).collect();
+    let mut recycled = None;
     for name in &obsolete {
         let path = dir.join(name);
+        if let Some(to) = recycle_to.take_if(|_| is_standard_segment(vfs, &path, name, options)) {
+            vfs.rename(&path, &to)
+                .map_err(io_error("recycle superseded segment", &path))?;
+            recycled = Some(to);
+            continue;
+        }
         vfs.remove(&path)
             .map_err(io_error("remove superseded file", &path))?;
     }
@@ -716,7 +755,17 @@ fn compact<V: Vfs>(
         removed = obsolete.len(),
         "compacted the log"
     );
-    Ok(())
+    Ok(recycled)
+}
+
+/// Whether `path` is a WAL segment of exactly the configured size (a larger one was made for one
+/// oversized batch and is not worth keeping).
+fn is_standard_segment<V: Vfs>(vfs: &V, path: &Path, name: &str, options: &StorageOptions) -> bool {
+    name.ends_with(".log")
+        && vfs
+            .open(path)
+            .and_then(|file| file.size())
+            .is_ok_and(|size| size == options.segment_bytes)
 }
 
 // Snapshot files.
@@ -856,7 +905,11 @@ impl<V: Vfs> Storage<V> {
     /// data directory) and size for the caller to fill with [`super::prepare_spare`] on another
     /// thread, then hand back with `spare_ready`. Without it, a roll zero-fills inside its sync.
     pub fn spare_wanted(&mut self) -> Option<(PathBuf, u64)> {
-        if !self.options.preallocate || !matches!(self.spare, Spare::None) || self.log().is_err() {
+        if !self.options.preallocate
+            || !matches!(self.spare, Spare::None)
+            || self.recycled.is_some()
+            || self.log().is_err()
+        {
             return None;
         }
         let n = self.temp_names.fetch_add(1, Ordering::Relaxed);

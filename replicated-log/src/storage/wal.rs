@@ -117,8 +117,10 @@ impl<V: Vfs> ActiveSegment<V> {
 /// synced, renamed into place, and the directory synced. A segment file that exists under its final
 /// name therefore always has a valid header and its complete first batch.
 ///
-/// `spare`, when given, is a file of at least `capacity` zero bytes already synced (made off the
-/// write path by [`prepare_spare`]): it is used instead of zero-filling a new file here.
+/// `spare`, when given, is a file of exactly `capacity` bytes, all allocated and synced: zeros made
+/// off the write path by [`prepare_spare`], or a superseded segment recycled by compaction (whose old
+/// contents recovery tells apart by their earlier batch numbers). It is used instead of
+/// zero-filling a new file here.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn create_segment<V: Vfs>(
     vfs: &V,
@@ -156,6 +158,7 @@ pub(crate) fn create_segment<V: Vfs>(
     let mut head = header.encode();
     head.resize(SECTOR_BYTES as usize, 0);
     head.extend_from_slice(first);
+    end_marker(&mut head, capacity);
     write_at(&mut file, &temp, 0, &head, counts)?;
     sync_file(&mut file, &temp, counts)?;
     vfs.rename(&temp, &path)
@@ -168,6 +171,16 @@ pub(crate) fn create_segment<V: Vfs>(
         offset: SECTOR_BYTES + first.len() as u64,
         capacity,
     })
+}
+
+/// Appends a zero sector to `bytes` (a write that starts at offset 0 or a sector boundary, its
+/// length a whole number of sectors) when the file's `capacity` has room for it: every write leaves
+/// a zero length right after its last batch, so that the old contents of a recycled segment file
+/// never follow the data directly. The next batch overwrites the marker.
+pub(crate) fn end_marker(bytes: &mut Vec<u8>, room: u64) {
+    if bytes.len() as u64 + SECTOR_BYTES <= room {
+        bytes.resize(bytes.len() + SECTOR_BYTES as usize, 0);
+    }
 }
 
 fn zero_fill<F: VfsFile>(
@@ -216,8 +229,11 @@ pub(crate) enum Stop {
     Bad(FormatError),
     /// A frame checked out but its payload does not decode: corrupt.
     Undecodable(FormatError),
-    /// A frame checked out but belongs to the wrong batch: corrupt.
+    /// A frame checked out but belongs to a later batch than the next one: corrupt.
     OutOfOrder { expected: u64, found: u64 },
+    /// A frame checked out but belongs to an earlier batch: the old contents of a recycled segment
+    /// file, past the end of this one's data.
+    Stale,
 }
 
 #[derive(Clone, Debug)]
@@ -269,6 +285,10 @@ pub(crate) fn scan_segment(data: &[u8], first_batch: u64) -> SegmentScan {
             scan.stop = Stop::End;
             break;
         };
+        if batch < scan.next_batch {
+            scan.stop = Stop::Stale;
+            break;
+        }
         if batch != scan.next_batch {
             scan.stop = Stop::OutOfOrder {
                 expected: scan.next_batch,
@@ -323,7 +343,7 @@ pub(crate) fn judge(
             };
             return Err((at, kind));
         }
-        Stop::End | Stop::Full | Stop::Bad(_) => {}
+        Stop::End | Stop::Full | Stop::Bad(_) | Stop::Stale => {}
     }
     let probe = probe_after(data, align_up(at), scan.next_batch);
     if let Some(later) = probe.other_batch_at {
@@ -338,7 +358,7 @@ pub(crate) fn judge(
         };
         return Err((at, kind));
     }
-    let clean = matches!(scan.stop, Stop::End | Stop::Full)
+    let clean = matches!(scan.stop, Stop::End | Stop::Full | Stop::Stale)
         && scan.torn_records == 0
         && !probe.unfinished_batch_seen;
     if clean {
@@ -351,13 +371,14 @@ pub(crate) fn judge(
     }
     Ok(Tail::Torn {
         start: scan.batch_start,
-        end: nonzero_end(data, scan.batch_start),
+        end: torn_end(data, scan.batch_start, scan.next_batch),
         records: scan.torn_records,
     })
 }
 
 struct Probe {
-    /// The first sector boundary holding a valid frame of a batch other than the unfinished one.
+    /// The first sector boundary holding a valid frame of a batch after the unfinished one. (Frames
+    /// of earlier batches past the end are the old contents of a recycled segment file.)
     other_batch_at: Option<u64>,
     /// Whether a valid frame of the unfinished batch sits on some sector boundary.
     unfinished_batch_seen: bool,
@@ -374,16 +395,34 @@ fn probe_after(data: &[u8], from: u64, unfinished: u64) -> Probe {
         let bytes = &data[at as usize..];
         if let Ok(Some(payload)) = check_frame(bytes, RECORD_BYTES_MAX) {
             if let Ok((batch, _)) = decode_record_prefix(payload) {
-                if batch != unfinished {
+                if batch > unfinished {
                     probe.other_batch_at = Some(at);
                     return probe;
                 }
-                probe.unfinished_batch_seen = true;
+                if batch == unfinished {
+                    probe.unfinished_batch_seen = true;
+                }
             }
         }
         at += SECTOR_BYTES;
     }
     probe
+}
+
+/// Where a torn tail starting at `from` ends: at the first sector boundary holding a valid frame of
+/// an earlier batch (the old contents of a recycled segment file begin there), else at the end of
+/// the non-zero bytes.
+fn torn_end(data: &[u8], from: u64, unfinished: u64) -> u64 {
+    let mut at = from;
+    while at < data.len() as u64 {
+        if let Ok(Some(payload)) = check_frame(&data[at as usize..], RECORD_BYTES_MAX) {
+            if matches!(decode_record_prefix(payload), Ok((batch, _)) if batch < unfinished) {
+                return nonzero_end(&data[..at as usize], from);
+            }
+        }
+        at += SECTOR_BYTES;
+    }
+    nonzero_end(data, from)
 }
 
 /// The end (sector-aligned, at most the data's length) of the non-zero bytes from `from`.
@@ -427,6 +466,87 @@ mod tests {
         }
         data.resize(8 * SECTOR_BYTES as usize, 0);
         data
+    }
+
+    /// `segment(old)` recycled: a new header (first batch 10) and `batches` new batches written over
+    /// its old contents, each write followed by its end marker when `markers`.
+    fn recycled(old: u64, batches: u64, markers: bool) -> Vec<u8> {
+        let mut data = segment(old);
+        let mut head = SegmentHeader {
+            seq: 7,
+            first_batch: 10,
+            base: false,
+            cluster: ClusterId(1),
+            node: NodeId(1),
+        }
+        .encode();
+        head.resize(SECTOR_BYTES as usize, 0);
+        let write = |bytes: &mut Vec<u8>, data: &mut Vec<u8>, at: usize| {
+            if markers {
+                end_marker(bytes, (data.len() - at) as u64);
+            }
+            data[at..at + bytes.len()].copy_from_slice(bytes);
+        };
+        write(&mut head, &mut data, 0);
+        let mut at = SECTOR_BYTES as usize;
+        for b in 0..batches {
+            let mut batch = Vec::new();
+            encode_batch(&[promise(100 + b)], 10 + b, &mut batch);
+            let len = batch.len();
+            write(&mut batch, &mut data, at);
+            at += len;
+        }
+        data
+    }
+
+    #[test]
+    fn the_old_contents_of_a_recycled_segment_end_its_data() {
+        for markers in [true, false] {
+            for batches in [0, 1, 2] {
+                let data = recycled(5, batches, markers);
+                let scan = scan_segment(&data, 10);
+                assert_eq!(scan.records.len() as u64, batches, "markers {markers}");
+                assert_eq!(scan.next_batch, 10 + batches);
+                let end = (1 + batches) * SECTOR_BYTES;
+                assert_eq!(judge(&scan, &data, true), Ok(Tail::Clean { end }));
+                assert_eq!(judge(&scan, &data, false), Ok(Tail::Clean { end }));
+            }
+        }
+    }
+
+    #[test]
+    fn a_torn_batch_over_old_contents_is_torn_up_to_them() {
+        // Old batches 0..5 of two records each fill sectors 1..=5; the new batch 10 is one sector.
+        let mut data = recycled(5, 1, true);
+        // Tear the new batch: its bytes are gone, but not the marker (or the marker never made it).
+        data[SECTOR_BYTES as usize + 12..2 * SECTOR_BYTES as usize].fill(0xAB);
+        let scan = scan_segment(&data, 10);
+        assert_eq!(scan.records.len(), 0);
+        assert_eq!(
+            judge(&scan, &data, true),
+            Ok(Tail::Torn {
+                start: SECTOR_BYTES,
+                end: 2 * SECTOR_BYTES,
+                records: 0
+            })
+        );
+    }
+
+    #[test]
+    fn a_later_batch_after_damage_is_corruption_even_over_old_contents() {
+        let mut data = recycled(5, 2, true);
+        // Flip a bit in the first new batch: the second (batch 11) proves later data exists.
+        data[SECTOR_BYTES as usize + 12] ^= 1;
+        let scan = scan_segment(&data, 10);
+        let (at, kind) = judge(&scan, &data, true).unwrap_err();
+        assert_eq!(at, SECTOR_BYTES);
+        assert!(matches!(
+            kind,
+            DamageKind::CorruptRecord {
+                later_data_at: Some(l),
+                ..
+            } if l == 2 * SECTOR_BYTES
+        ));
     }
 
     #[test]
