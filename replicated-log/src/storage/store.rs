@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+/// Superseded segments kept for reuse (64 MiB each by default): enough that a log compacted every
+/// few segments never zero-fills a new one.
+const RECYCLED_KEPT_MAX: usize = 4;
+
 /// A batch buffer that grew past this is dropped after its write rather than kept.
 const BUFFER_KEPT_BYTES: usize = 16 << 20;
 
@@ -135,8 +139,9 @@ pub struct Storage<V: Vfs> {
     temp_names: Arc<AtomicU64>,
     torn_tail: Option<TornTail>,
     spare: Spare,
-    /// A superseded segment kept by the last compaction for the next roll (a `.tmp` name).
-    recycled: Option<PathBuf>,
+    /// Superseded segments kept by compaction for the next rolls (`.tmp` names), at most
+    /// `RECYCLED_KEPT_MAX`.
+    recycled: Vec<PathBuf>,
     /// The data directory's lock (real files only), released when the storage is dropped.
     _lock: Option<super::DirLock>,
 }
@@ -204,7 +209,7 @@ impl<V: Vfs> Storage<V> {
             temp_names: Arc::new(AtomicU64::new(0)),
             torn_tail: None,
             spare: Spare::None,
-            recycled: None,
+            recycled: Vec::new(),
             _lock: None,
         };
         storage.ensure_dir()?;
@@ -445,7 +450,7 @@ impl<V: Vfs> Storage<V> {
         self.phase = Phase::Empty;
         self.torn_tail = None;
         // Its old records would read as later batches of the log that starts over at batch 0.
-        self.recycled = None;
+        self.recycled.clear();
         Ok(aside)
     }
 }
@@ -534,7 +539,7 @@ impl<V: Vfs> Storage<V> {
                 splits && log.segment.offset > SECTOR_BYTES && frames(rest) <= fresh_room;
             if take == 0 || roll_whole {
                 let need = SECTOR_BYTES + align_up(frame_bytes(rest[0].len()));
-                let spare = recycled.take().or_else(|| take_spare(spare));
+                let spare = recycled.pop().or_else(|| take_spare(spare));
                 roll(vfs, dir, options, log, need, spare, counts)?;
                 self.metrics.segments_created += 1;
                 report.rolled = true;
@@ -547,12 +552,18 @@ impl<V: Vfs> Storage<V> {
             rest = &rest[take..];
         }
         if log.compact_due {
-            let spare = recycled.take().or_else(|| take_spare(spare));
-            let recycle_to = options.preallocate.then(|| {
+            let spare = recycled.pop().or_else(|| take_spare(spare));
+            let keep = if options.preallocate {
+                RECYCLED_KEPT_MAX - recycled.len()
+            } else {
+                0
+            };
+            let name = || {
                 let n = temp_names.fetch_add(1, Ordering::Relaxed);
                 dir.join(format!("wal-recycled-{n}.tmp"))
-            });
-            *recycled = compact(vfs, dir, options, log, spare, recycle_to, counts)?;
+            };
+            let kept = compact(vfs, dir, options, log, spare, keep, name, counts)?;
+            recycled.extend(kept);
             self.metrics.segments_created += 1;
             self.metrics.compactions += 1;
             report.compacted = true;
@@ -677,18 +688,20 @@ fn roll<V: Vfs>(
 /// snapshot files older than the state's snapshot. Each step is durable before the next starts, so a
 /// crash at any point recovers either the old chain or the new base.
 ///
-/// With `recycle_to`, one superseded segment of the standard size is renamed there instead of
-/// removed, and returned: the next roll reuses its allocated blocks rather than zero-filling a new
-/// file (see `docs/storage-format.md`, "Recycled segments").
+/// Up to `keep` superseded segments of the standard size are renamed to names from `recycled_name`
+/// instead of removed, and returned: the next rolls reuse their allocated blocks rather than
+/// zero-filling new files (see `docs/storage-format.md`, "Recycled segments").
+#[allow(clippy::too_many_arguments)]
 fn compact<V: Vfs>(
     vfs: &V,
     dir: &Path,
     options: &StorageOptions,
     log: &mut Log<V>,
     spare: Option<PathBuf>,
-    mut recycle_to: Option<PathBuf>,
+    keep: usize,
+    recycled_name: impl Fn() -> PathBuf,
     counts: &mut IoCounts,
-) -> Result<Option<PathBuf>, StorageError> {
+) -> Result<Vec<PathBuf>, StorageError> {
     let state = log.state.as_ref().expect("a snapshot record was folded");
     let snapshot_slot = state.snapshot.slot;
     let mut encoded = Vec::new();
@@ -735,13 +748,14 @@ fn compact<V: Vfs>(
         .filter(|slot| **slot < snapshot_slot)
         .map(|slot| names::snapshot(*slot));
     let obsolete: Vec<String> = old_segments.chain(old_snapshots).collect();
-    let mut recycled = None;
+    let mut recycled = Vec::new();
     for name in &obsolete {
         let path = dir.join(name);
-        if let Some(to) = recycle_to.take_if(|_| is_standard_segment(vfs, &path, name, options)) {
+        if recycled.len() < keep && is_standard_segment(vfs, &path, name, options) {
+            let to = recycled_name();
             vfs.rename(&path, &to)
                 .map_err(io_error("recycle superseded segment", &path))?;
-            recycled = Some(to);
+            recycled.push(to);
             continue;
         }
         vfs.remove(&path)
@@ -907,7 +921,7 @@ impl<V: Vfs> Storage<V> {
     pub fn spare_wanted(&mut self) -> Option<(PathBuf, u64)> {
         if !self.options.preallocate
             || !matches!(self.spare, Spare::None)
-            || self.recycled.is_some()
+            || !self.recycled.is_empty()
             || self.log().is_err()
         {
             return None;
