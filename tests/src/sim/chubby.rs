@@ -886,17 +886,18 @@ impl Sim {
                 sent_at,
             } => {
                 let now = self.now;
+                self.validate_at_master(&sequencer);
                 self.world().on_write(client, life, sequencer, sent_at, now);
-                self.validate_at_master();
             }
         }
         self.report();
     }
 
-    /// Sometimes the resource also asks a master that may serve lease reads whether the newest
-    /// sequencer it saw still validates; the answer is judged against the grant history.
-    fn validate_at_master(&mut self) {
-        if !self.world().rng.chance(250_000) {
+    /// Sometimes the resource also asks a master that may serve lease reads whether a write's
+    /// sequencer still validates (a stale one, from an in-flight write, must not once
+    /// superseded); a yes is judged against the grant history.
+    fn validate_at_master(&mut self, sequencer: &Sequencer) {
+        if !self.world().rng.chance(300_000) {
             return;
         }
         let Some(node) = (0..self.nodes.len()).find(|i| {
@@ -905,31 +906,17 @@ impl Sim {
         }) else {
             return;
         };
-        let world = self.chubby.as_mut().expect("a chubby seed");
-        let pick = world.rng.below(world.resource.len().max(1) as u64) as usize;
-        let Some((path, top)) = world.resource.iter().nth(pick) else {
-            return;
-        };
-        let Some(grant) = world.grants.get(path).and_then(|g| g.get(&top.generation)) else {
-            return;
-        };
-        let sequencer = Sequencer {
-            path: path.clone(),
-            instance: grant.instance,
-            mode: grant.mode,
-            lock_generation: top.generation,
-        };
         let db = self.nodes[node].app.db.as_ref().expect("a chubby replica");
-        if db.check_sequencer(&sequencer).is_ok() {
+        if db.check_sequencer(sequencer).is_ok() {
             let pos = Pos {
                 slot: db.applied().0,
                 index: u64::MAX,
             };
-            world.judge(
-                &sequencer,
-                pos,
-                "a check by the downstream resource at the master",
-            );
+            let what = "a check by the downstream resource at the master";
+            self.chubby
+                .as_mut()
+                .expect("a chubby seed")
+                .judge(sequencer, pos, what);
         }
     }
 
@@ -1555,16 +1542,18 @@ impl Sim {
             return; // an answer about a session the client no longer has
         }
         match (out.purpose, reply) {
-            (Purpose::Open, Reply::SessionOpened { session, .. }) => {
-                if c.session.is_none() && believed > now {
-                    c.session = Some(ClientSession {
-                        id: session,
-                        believed_until: believed,
-                        next_seq: 1,
-                        last_keep_alive: out.first_sent,
-                    });
-                    world.owners.insert(session, client);
-                }
+            // A spare session (a retried open, or one whose lease the client already doubts)
+            // goes unused and expires.
+            (Purpose::Open, Reply::SessionOpened { session, .. })
+                if c.session.is_none() && believed > now =>
+            {
+                c.session = Some(ClientSession {
+                    id: session,
+                    believed_until: believed,
+                    next_seq: 1,
+                    last_keep_alive: out.first_sent,
+                });
+                world.owners.insert(session, client);
             }
             (Purpose::KeepAlive, Reply::KeptAlive { .. }) => {
                 if let Some(s) = &mut c.session {
@@ -1573,14 +1562,12 @@ impl Sim {
             }
             (Purpose::Setup, Reply::MultiOp(_)) => c.setup_done = true,
             (Purpose::Acquire, Reply::MultiOp(r)) => match r.ops.first() {
-                Some(OpResult::Done(OpOutput::Acquired(sequencer))) => {
-                    if c.believes_session(now) {
-                        let sequencer = sequencer.clone();
-                        c.holds.push(Hold { sequencer });
-                    }
+                Some(OpResult::Done(OpOutput::Acquired(sequencer))) if c.believes_session(now) => {
+                    let sequencer = sequencer.clone();
+                    c.holds.push(Hold { sequencer });
                 }
                 Some(OpResult::Done(OpOutput::Queued { .. })) => {
-                    if let Some(Wire::Multi { op, .. }) = Some(&out.wire) {
+                    if let Wire::Multi { op, .. } = &out.wire {
                         if let Some(Op::Acquire { path, .. }) = op.top.first() {
                             c.waiting = Some(Waiting {
                                 path: path.clone(),
@@ -1628,10 +1615,10 @@ impl Sim {
                     }
                 }
                 EventKind::LockLost { path } => c.drop_hold(&path),
-                EventKind::LockWaitCancelled { path } => {
-                    if c.waiting.as_ref().is_some_and(|w| w.path == path) {
-                        c.waiting = None;
-                    }
+                EventKind::LockWaitCancelled { path }
+                    if c.waiting.as_ref().is_some_and(|w| w.path == path) =>
+                {
+                    c.waiting = None;
                 }
                 EventKind::SessionExpired => c.drop_session(),
                 _ => {}
