@@ -80,14 +80,14 @@ enum CertsCommand {
     /// Create a cluster CA and a certificate for each node and client, in one directory.
     ///
     /// Writes ca.pem, ca.key, node-N.pem/.key and client-NAME.pem/.key (keys mode 0600). Refuses to
-    /// overwrite an existing CA. Node certificates name `node-<id>.<cluster>.paxos`.
+    /// overwrite an existing CA. Node certificates name `node-<id>.<cluster>.paxos`. The cluster id
+    /// is --cluster (hex). Example: chubbyctl --cluster 5eed certs init --dir certs
     Init {
         /// Directory to write into (created if missing).
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
-        /// Cluster id, in hex (16 digits at most).
-        #[arg(long, value_parser = parse_cluster)]
-        cluster: ClusterId,
+        // The cluster id is the global --cluster (or CHUBBY_CLUSTER): a second `cluster` argument
+        // here would clash with it (clap panics when the two types differ).
         /// Node ids to issue certificates for, comma separated.
         #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
         nodes: Vec<u64>,
@@ -140,14 +140,22 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             command:
                 CertsCommand::Init {
                     dir,
-                    cluster,
                     nodes,
                     clients,
                 },
         } => {
+            let cluster = cli
+                .connection
+                .cluster
+                .as_deref()
+                .ok_or("certs init needs --cluster ID (hex, 16 digits at most)")
+                .and_then(|text| {
+                    parse_cluster(text)
+                        .map_err(|_| "--cluster is not a hexadecimal cluster id (like 5eed)")
+                })?;
             let nodes: Vec<NodeId> = nodes.iter().copied().map(NodeId).collect();
             let clients: Vec<&str> = clients.iter().map(String::as_str).collect();
-            tls::init_dir(dir, *cluster, &nodes, &clients).map_err(|e| e.to_string())?;
+            tls::init_dir(dir, cluster, &nodes, &clients).map_err(|e| e.to_string())?;
             if cli.json {
                 let out = serde_json::json!({
                     "dir": dir, "cluster": cluster.to_string(),
