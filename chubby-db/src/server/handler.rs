@@ -115,7 +115,7 @@ impl Shared {
     /// Submits `command` and answers the database's reply; a database rejection becomes
     /// `ServerError::Rejected`.
     pub(crate) async fn submit(&self, command: Command) -> Result<Reply, ServerError> {
-        if self.tenure().starting() {
+        if self.tenure_starting() {
             return Err(ServerError::Unavailable(Unavailable::TenureStarting));
         }
         let committed = self

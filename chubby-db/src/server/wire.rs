@@ -38,13 +38,16 @@ pub(crate) async fn read_request<T: DeserializeOwned>(
     Ok(message)
 }
 
-/// Writes one frame (the encoding is checked against the limit first).
+/// Writes one frame (the encoding is checked against the limit first). The encoded buffer is
+/// handed to the stream as it is, not copied into it.
 pub(crate) async fn write_frame<T: Serialize>(
     send: &mut quinn::SendStream,
     message: &T,
 ) -> Result<(), WireError> {
     let frame = encode_frame(message).map_err(WireError::Frame)?;
-    send.write_all(&frame).await.map_err(WireError::Write)
+    send.write_chunk(frame.into())
+        .await
+        .map_err(WireError::Write)
 }
 
 impl fmt::Display for WireError {
