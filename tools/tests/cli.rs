@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, OnceLock, RwLock};
+use std::sync::{mpsc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tools::dev_cluster::http_get;
 
@@ -37,6 +37,9 @@ struct Fixture {
     addresses: BTreeMap<u64, Addresses>,
     /// Shared by tests that touch only their own paths; exclusive for membership and restore.
     lock: RwLock<()>,
+    /// The replicas' and the cleanup's watchdog shells: they outlive the tests on purpose (they
+    /// stop the replicas and remove the directory once this process exits).
+    watchdogs: Mutex<Vec<Child>>,
 }
 
 /// What one chubbyctl run did.
@@ -164,10 +167,12 @@ impl Fixture {
             dir,
             addresses,
             lock: RwLock::new(()),
+            watchdogs: Mutex::new(Vec::new()),
         };
         fixture.watchdog_cleanup();
         for node in NODES {
-            fixture.spawn(node, &NODES, false);
+            let child = fixture.spawn(node, &NODES, false);
+            fixture.keep(child);
         }
         fixture.master();
         fixture
@@ -176,7 +181,7 @@ impl Fixture {
     /// Removes the directory once this test process has exited (after the replicas stopped).
     fn watchdog_cleanup(&self) {
         let script = r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; sleep 3; rm -rf "$2""#;
-        Command::new("sh")
+        let child = Command::new("sh")
             .args(["-c", script, "sh"])
             .arg(std::process::id().to_string())
             .arg(&self.dir)
@@ -185,6 +190,14 @@ impl Fixture {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        self.keep(child);
+    }
+
+    fn keep(&self, child: Child) {
+        self.watchdogs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child);
     }
 
     /// Starts `node`'s chubbyd under a watchdog that stops it when this process exits.
