@@ -90,12 +90,19 @@ pub fn run(dir: &Path, base_port: u16, json: bool) -> Result<(), String> {
             return Err(error);
         }
     }
+    let mut exited = std::collections::BTreeSet::new();
     while !stop.load(Ordering::Relaxed) {
         for (node, child) in &mut children {
+            if exited.contains(node) {
+                continue;
+            }
             if let Ok(Some(status)) = child.try_wait() {
+                exited.insert(*node);
                 eprintln!(
-                    "chubbyd {node} exited ({status}); see {}",
-                    dir.join(format!("node-{node}.log")).display()
+                    "chubbyd {node} exited ({status}); see {}. Start it again with: \
+                     target/release/chubbyd --config {}",
+                    dir.join(format!("node-{node}.log")).display(),
+                    dir.join(format!("node-{node}.toml")).display()
                 );
             }
         }
@@ -121,27 +128,43 @@ fn start(
         .append(true)
         .open(&log_path)
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+    // The settings go into node-N.toml, so the replica can be started again by hand
+    // (`chubbyd --config .dev-cluster/node-N.toml`, as `chubbyctl rebuild --start` does).
+    let config_path = dir.join(format!("node-{node}.toml"));
+    // Absolute paths, so the file works from any working directory.
+    let absolute = |path: &Path| std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let config = NodeConfig {
+        cluster: cluster.to_string(),
+        node,
+        data_dir: absolute(dir).join(format!("node-{node}")),
+        certs: absolute(certs),
+        member: members,
+        metrics_listen: ports.metrics(node),
+    };
+    let config = toml::to_string(&config).map_err(|e| e.to_string())?;
+    std::fs::write(&config_path, config)
+        .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
     let mut command = Command::new(daemon);
     command
-        .arg("--cluster")
-        .arg(cluster.to_string())
-        .arg("--node")
-        .arg(node.to_string())
-        .arg("--data-dir")
-        .arg(dir.join(format!("node-{node}")))
-        .arg("--certs")
-        .arg(certs)
-        .arg("--metrics-listen")
-        .arg(ports.metrics(node).to_string());
-    for member in members {
-        command.arg("--member").arg(member);
-    }
-    command
+        .arg("--config")
+        .arg(&config_path)
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", daemon.display()))
+}
+
+/// One replica's settings, as `chubbyd --config` reads them (keys are the flag names).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct NodeConfig<'a> {
+    cluster: String,
+    node: u64,
+    data_dir: std::path::PathBuf,
+    certs: std::path::PathBuf,
+    member: &'a [String],
+    metrics_listen: SocketAddr,
 }
 
 /// Reads `GET path` from a replica's operator endpoint.
@@ -230,11 +253,16 @@ fn print_endpoints(
     );
     println!("try:");
     println!("  curl -s http://{}/status", ports.metrics(master));
+    let metrics: Vec<String> = NODES
+        .iter()
+        .map(|n| ports.metrics(*n).to_string())
+        .collect();
     println!(
-        "  chubbyctl --cluster {cluster} --certs {} --endpoints {} status",
+        "  chubbyctl --cluster {cluster} --certs {} --endpoints {} ls /",
         certs.display(),
         endpoints.join(",")
     );
+    println!("  chubbyctl status --metrics {}", metrics.join(","));
     println!(
         "  chubbyctl verify --data-dir {}   (on a stopped replica)",
         dir.join("node-1").display()
@@ -244,9 +272,11 @@ fn print_endpoints(
 fn stop_all(children: &mut Vec<(u64, Child)>) {
     for (_, child) in children.iter() {
         // SIGTERM lets each replica finish its queued writes; `kill` is everywhere this runs.
+        // A replica that already exited (and was reaped) makes kill complain: nothing to say.
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(child.id().to_string())
+            .stderr(Stdio::null())
             .status();
     }
     let deadline = Instant::now() + Duration::from_secs(10);
