@@ -145,6 +145,10 @@ impl Options {
         let mut options = Options::from_seed_on(seed, mode, PlantedBugs::default(), disk);
         let mut rng = Rng::new(seed ^ 0xC4B8_F0A5);
         options.fault_phase_ns = 10 * SECOND + rng.below(12 * SECOND);
+        // Faults a little rarer than on register seeds, so sessions live long enough for locks to
+        // move between clients (crashes and partitions still come every few seconds).
+        options.crash_mean_interval_ns *= 2;
+        options.partition_mean_interval_ns *= 2;
         options.chubby = Some(ChubbyOptions::from_seed(seed, bugs));
         options
     }
