@@ -123,7 +123,18 @@ pub fn db_apply(data: &[u8]) {
 /// Bytes offered as a snapshot (from disk, or from a peer through the log's snapshot transfer): a
 /// typed error, or a database that keeps its invariants, snapshots to the same digest, and goes on
 /// applying commands.
+///
+/// The first byte is a flag: with bit 0 set, the trailer's length and crc32 are recomputed, so
+/// that the fuzzer reaches the state decoder and its invariant checks behind the checksum.
 pub fn db_snapshot(data: &[u8]) {
+    let (fix, data) = match data.split_first() {
+        Some((flags, rest)) => (flags & 1 == 1, rest),
+        None => (false, data),
+    };
+    let mut data = data.to_vec();
+    if fix {
+        fix_snapshot_trailer(&mut data);
+    }
     let Ok(mut database) = Database::from_snapshot(&mut &data[..]) else {
         return;
     };
@@ -164,6 +175,22 @@ pub fn db_snapshot(data: &[u8]) {
     }
 }
 
+/// The snapshot layout is `magic [8] | version u32 | payload | payload length u64 | crc32 u32`.
+fn fix_snapshot_trailer(bytes: &mut [u8]) {
+    const HEADER_BYTES: usize = 12;
+    const TRAILER_BYTES: usize = 12;
+    let Some(trailer) = bytes.len().checked_sub(TRAILER_BYTES) else {
+        return;
+    };
+    if trailer < HEADER_BYTES {
+        return;
+    }
+    let payload = (trailer - HEADER_BYTES) as u64;
+    bytes[trailer..trailer + 8].copy_from_slice(&payload.to_le_bytes());
+    let sum = crc32fast::hash(&bytes[..trailer + 8]);
+    bytes[trailer + 8..].copy_from_slice(&sum.to_le_bytes());
+}
+
 /// Cuts a `db_apply` input into entries; a length running past the end takes what is left.
 fn entries(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
     std::iter::from_fn(move || {
@@ -181,7 +208,7 @@ fn path(text: &str) -> NodePath {
 }
 
 /// Valid encodings for each target, plus a few edge cases: `(target, name, bytes)`. Written to
-/// `fuzz/corpus/` by `cargo run --bin gen-corpus` in `fuzz/`.
+/// `fuzz/corpus/` by `cargo run --example gen-corpus` in `fuzz/`.
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut seeds = Vec::new();
     for (i, request) in requests().iter().enumerate() {
@@ -215,16 +242,19 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     }
     seeds.push(("db_apply", "script".into(), joined));
     let mut database = Database::new(Config::default());
-    seeds.push((
-        "db_snapshot",
-        "empty".into(),
-        database.snapshot().to_bytes(),
-    ));
+    let mut snapshots = vec![("empty".to_string(), database.snapshot().to_bytes())];
     for (i, command) in script.iter().enumerate() {
         database.apply(Slot(i as u64 + 1), command);
         if i == 8 || i + 1 == script.len() {
             let name = format!("after-{:02}-commands", i + 1);
-            seeds.push(("db_snapshot", name, database.snapshot().to_bytes()));
+            snapshots.push((name, database.snapshot().to_bytes()));
+        }
+    }
+    for (name, bytes) in snapshots {
+        // As they are, and with the trailer recomputed (a no-op on valid bytes).
+        for (prefix, flags) in [("raw", 0u8), ("fixed", 1)] {
+            let input = [&[flags][..], &bytes].concat();
+            seeds.push(("db_snapshot", format!("{prefix}-{name}"), input));
         }
     }
     seeds

@@ -4,7 +4,7 @@
 //!
 //! Run one target: `cargo fuzz run <target>` in this directory (nightly, or `RUSTC_BOOTSTRAP=1`
 //! on stable); all of them briefly: `scripts/fuzz-smoke.sh`. Regenerate the seed corpus after a
-//! format change: `cargo run --bin gen-corpus` here. See `docs/testing.md`.
+//! format change: `cargo run --example gen-corpus` here. See `docs/testing.md`.
 
 pub mod db_targets;
 pub mod log_targets;

@@ -14,7 +14,7 @@ use paxos_core::{
     Ballot, Config, Entry, EntryId, EntryKind, Envelope, Epoch, Incarnation, MembershipChange,
     MembershipLog, NodeId, Record, Slot, SnapshotHandle, Value,
 };
-use replicated_log::storage::limits::SEGMENT_BYTES_MIN;
+use replicated_log::storage::limits::{SECTOR_BYTES, SEGMENT_BYTES_MIN};
 use replicated_log::storage::{
     format::names, verify_snapshot, Identity, MemVfs, Opened, Storage, StorageOptions, Vfs, VfsFile,
 };
@@ -114,10 +114,15 @@ pub fn peer_frames(data: &[u8]) {
 /// The answer to a snapshot request, as a peer would stream it: only a stream that checks out
 /// completely may be accepted, and then the file holds exactly the announced bytes.
 pub fn snapshot_transfer(data: &[u8]) {
+    let (fix, data) = mode(data);
+    let mut data = data.to_vec();
+    if fix {
+        fix_transfer_checksums(&mut data);
+    }
     let dir = scratch_dir();
     let dest = dir.join("incoming");
     let result = block_on(async {
-        let mut reader = data;
+        let mut reader = &data[..];
         read_snapshot(&mut reader, &dest, Duration::from_secs(10)).await
     });
     if let Ok(bytes) = result {
@@ -129,6 +134,12 @@ pub fn snapshot_transfer(data: &[u8]) {
 /// A snapshot file as found on disk or received from a peer: `verify_snapshot` reads it through,
 /// and installing it into a live data directory agrees with the verdict.
 pub fn snapshot_file(data: &[u8]) {
+    let (fix, data) = mode(data);
+    let mut data = data.to_vec();
+    if fix {
+        fix_snapshot_file_checksums(&mut data);
+    }
+    let data = &data[..];
     let vfs = MemVfs::new();
     let dir = Path::new(DIR);
     vfs.create_dir(dir).expect("in-memory directory");
@@ -149,6 +160,7 @@ pub fn snapshot_file(data: &[u8]) {
 /// recovered directory takes one more record, and reopening it recovers that record too: what
 /// storage acknowledged is never lost.
 pub fn wal_recovery(data: &[u8]) {
+    let (fix, data) = mode(data);
     let vfs = MemVfs::new();
     let dir = Path::new(DIR);
     vfs.create_dir(dir).expect("in-memory directory");
@@ -159,7 +171,11 @@ pub fn wal_recovery(data: &[u8]) {
         .take(4)
         .enumerate()
     {
-        write_file(&vfs, &dir.join(names::segment(seq as u64)), segment);
+        let mut segment = segment.to_vec();
+        if fix {
+            fix_segment_checksums(&mut segment);
+        }
+        write_file(&vfs, &dir.join(names::segment(seq as u64)), &segment);
     }
     vfs.sync_dir(dir).expect("in-memory directory");
     let Ok((mut storage, Opened::Recovered { state, .. })) =
@@ -182,6 +198,100 @@ pub fn wal_recovery(data: &[u8]) {
             assert_eq!(again.snapshot, state.snapshot);
         }
         other => panic!("a recovered directory did not recover after one more sync: {other:?}"),
+    }
+}
+
+/// The first byte of a storage or transfer input says how to read the rest: with bit 0 set, every
+/// checksum in it is recomputed before use, so that the fuzzer gets past the crc32 checks (which
+/// it cannot forge) to the decoding and recovery logic behind them; with it clear, the bytes are
+/// used as they are (and a flipped bit is a checksum mismatch).
+pub fn mode(data: &[u8]) -> (bool, &[u8]) {
+    match data.split_first() {
+        Some((flags, rest)) => (flags & 1 == 1, rest),
+        None => (false, data),
+    }
+}
+
+fn crc_at(bytes: &mut [u8], at: usize, covered: std::ops::Range<usize>) {
+    let sum = crc32fast::hash(&bytes[covered]);
+    bytes[at..at + 4].copy_from_slice(&sum.to_le_bytes());
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<usize> {
+    let field = bytes.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes(field.try_into().expect("four bytes")) as usize)
+}
+
+/// A WAL segment: the header's crc, then every record frame's from the first sector on, batch
+/// by batch (a frame flagged end-of-batch is followed by padding to the next sector).
+fn fix_segment_checksums(segment: &mut [u8]) {
+    let sector = SECTOR_BYTES as usize;
+    if segment.len() >= 64 {
+        crc_at(segment, 56, 0..56);
+    }
+    let mut offset = sector;
+    while let Some(length) = u32_at(segment, offset) {
+        let end = offset + 8 + length;
+        if length == 0 || end > segment.len() {
+            break;
+        }
+        crc_at(segment, offset + 4, offset + 8..end);
+        let end_of_batch = length >= 9 && segment[offset + 16] == 1;
+        offset = if end_of_batch {
+            end.div_ceil(sector) * sector
+        } else {
+            end
+        };
+    }
+}
+
+/// A snapshot file: the header's crc of the encoded handle, every chunk's crc, and the trailer's
+/// crc of every byte before it.
+fn fix_snapshot_file_checksums(file: &mut [u8]) {
+    let Some(handle) = u32_at(file, 16) else {
+        return;
+    };
+    let mut offset = 24 + handle;
+    if offset > file.len() {
+        return;
+    }
+    crc_at(file, 20, 24..offset);
+    while let Some(length) = u32_at(file, offset) {
+        let end = offset + 8 + length;
+        if length == 0 || end > file.len() {
+            break;
+        }
+        crc_at(file, offset + 4, offset + 8..end);
+        offset = end;
+    }
+    // The end frame, then the trailer: total u64 | file crc u32 | end magic.
+    let trailer = offset + 8;
+    if trailer + 20 <= file.len() {
+        crc_at(file, trailer + 8, 0..trailer);
+    }
+}
+
+/// A snapshot transfer stream: after the header frame, every chunk's crc and the trailing crc of
+/// all the data.
+fn fix_transfer_checksums(stream: &mut [u8]) {
+    let Some(header) = u32_at(stream, 0) else {
+        return;
+    };
+    let mut offset = 4 + header;
+    let mut whole = crc32fast::Hasher::new();
+    while let Some(length) = u32_at(stream, offset) {
+        let end = offset + 8 + length;
+        if length == 0 || end + 4 > stream.len() {
+            break;
+        }
+        crc_at(stream, offset + 4, offset + 8..end);
+        whole.update(&stream[offset + 8..end]);
+        offset = end;
+        if offset + 4 == stream.len() {
+            let sum = whole.clone().finalize();
+            stream[offset..].copy_from_slice(&sum.to_le_bytes());
+            break;
+        }
     }
 }
 
@@ -267,7 +377,7 @@ fn scratch_dir() -> PathBuf {
 }
 
 /// Valid encodings for each target, plus a few edge cases: `(target, name, bytes)`. Written to
-/// `fuzz/corpus/` by `cargo run --bin gen-corpus` in `fuzz/`.
+/// `fuzz/corpus/` by `cargo run --example gen-corpus` in `fuzz/`.
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut seeds = Vec::new();
     for (i, message) in peer_messages().iter().enumerate() {
@@ -291,29 +401,47 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         frame::encode(&hello, CONTROL_FRAME_BYTES_MAX).expect("small frame"),
     ));
     seeds.push(("peer_frames", "oversized-header".into(), vec![0xff; 4]));
-    for (name, content) in [("empty", Vec::new()), ("small", b"snapshot".to_vec())] {
-        seeds.push(("snapshot_transfer", name.into(), transfer_stream(&content)));
-    }
     let mut none = Vec::new();
     block_on(write_snapshot::<&[u8], _>(None, &mut none)).expect("in-memory stream");
-    seeds.push(("snapshot_transfer", "no-snapshot".into(), none));
-    for (name, content) in [("empty", Vec::new()), ("small", b"state bytes".to_vec())] {
-        seeds.push(("snapshot_file", name.into(), snapshot_file_bytes(&content)));
+    let big: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    let streams = [
+        ("empty", transfer_stream(&[])),
+        ("small", transfer_stream(b"snapshot")),
+        ("two-chunks", transfer_stream(&big)),
+        ("no-snapshot", none),
+    ];
+    let files = [
+        ("empty", snapshot_file_bytes(&[])),
+        ("small", snapshot_file_bytes(b"state bytes")),
+        ("truncated", {
+            let mut bytes = snapshot_file_bytes(b"state bytes");
+            bytes.truncate(bytes.len() - 3);
+            bytes
+        }),
+    ];
+    let wals = [
+        ("one-batch", wal_image(1)),
+        ("rolled", wal_image(8)),
+        ("torn-tail", {
+            let mut bytes = wal_image(2);
+            let end = bytes.len();
+            bytes[end - 600] ^= 0x40;
+            bytes
+        }),
+    ];
+    for (target, inputs) in [
+        ("snapshot_transfer", &streams[..]),
+        ("snapshot_file", &files[..]),
+        ("wal_recovery", &wals[..]),
+    ] {
+        for (name, bytes) in inputs {
+            // As they are, and with checksums recomputed (a no-op on valid bytes).
+            for (prefix, flags) in [("raw", 0u8), ("fixed", 1)] {
+                let input = [&[flags][..], bytes].concat();
+                seeds.push((target, format!("{prefix}-{name}"), input));
+            }
+        }
     }
-    seeds.push(("snapshot_file", "truncated".into(), {
-        let mut bytes = snapshot_file_bytes(b"state bytes");
-        bytes.truncate(bytes.len() - 3);
-        bytes
-    }));
-    for (name, batches) in [("one-batch", 1), ("rolled", 8)] {
-        seeds.push(("wal_recovery", name.into(), wal_image(batches)));
-    }
-    seeds.push(("wal_recovery", "torn-tail".into(), {
-        let mut bytes = wal_image(2);
-        let end = bytes.len();
-        bytes[end - 600] ^= 0x40;
-        bytes
-    }));
     seeds
 }
 
