@@ -31,7 +31,10 @@ fn every_corpus_file_replays() {
 fn generated_seeds_replay() {
     let seeds = log_targets::seeds();
     for (target, _) in log_targets::TARGETS {
-        assert!(seeds.iter().any(|(t, _, _)| t == target), "no seed for {target}");
+        assert!(
+            seeds.iter().any(|(t, _, _)| t == target),
+            "no seed for {target}"
+        );
     }
     for (target, name, bytes) in seeds {
         let (_, body) = log_targets::TARGETS
