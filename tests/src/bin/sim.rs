@@ -234,8 +234,17 @@ fn disk_line(s: &Stats) -> String {
 }
 
 fn disk_json(s: &Stats) -> String {
+    let c = &s.chubby;
+    let chubby = if c.seeds == 0 {
+        String::new()
+    } else {
+        format!(
+            ",\"chubby_seeds\":{},\"sessions_opened\":{},\"sessions_expired\":{},\"lock_grants\":{},\"multi_ops\":{},\"retries_deduplicated\":{},\"resource_writes\":{},\"sequencers_judged\":{},\"digest_checks\":{},\"client_crashes\":{}",
+            c.seeds, c.sessions_opened, c.sessions_expired, c.grants, c.multi_ops, c.retries_deduplicated, c.resource_writes, c.sequencers_judged, c.digest_checks, c.client_crashes
+        )
+    };
     format!(
-        "\"real_disk_seeds\":{},\"disk_faults\":{},\"damages_detected\":{},\"rebuilds_after_damage\":{},\"torn_tails\":{},\"sync_failures\":{}",
+        "\"real_disk_seeds\":{},\"disk_faults\":{},\"damages_detected\":{},\"rebuilds_after_damage\":{},\"torn_tails\":{},\"sync_failures\":{}{chubby}",
         s.real_disk_seeds, s.disk_faults, s.damages_detected, s.rebuilds_after_damage, s.torn_tails, s.sync_failures
     )
 }
