@@ -104,19 +104,32 @@ fn chubbyctl_raw(args: &[&str]) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .expect("chubbyctl starts");
+    // Drain both pipes while waiting: a large output would otherwise block the child.
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
     let deadline = Instant::now() + RUN_TIMEOUT;
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if Instant::now() > deadline {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("chubbyctl {args:?} hung for {RUN_TIMEOUT:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().unwrap();
+    };
     Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        code: status.code().unwrap_or(-1),
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
     }
 }
 
@@ -180,7 +193,8 @@ impl Fixture {
 
     /// Removes the directory once this test process has exited (after the replicas stopped).
     fn watchdog_cleanup(&self) {
-        let script = r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; sleep 3; rm -rf "$2""#;
+        // CHUBBY_TEST_KEEP=1 keeps the directory (replica logs) for a post-mortem.
+        let script = r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; sleep 3; [ -n "$CHUBBY_TEST_KEEP" ] || rm -rf "$2""#;
         let child = Command::new("sh")
             .args(["-c", script, "sh"])
             .arg(std::process::id().to_string())
@@ -297,22 +311,50 @@ impl Fixture {
         chubbyctl_raw(&all)
     }
 
-    /// Commits `count` small writes, one slot each, so that membership changes (which take
-    /// effect a window of slots after they are chosen) come into force. Through the client
-    /// library: a chubbyctl process per slot would be slow.
-    fn advance_slots(&self, count: usize) {
+    /// Creates `count` files of `bytes` bytes each under `dir` (a new directory), through the
+    /// client library (a command line cannot carry 100 KiB arguments).
+    fn create_large_files(&self, dir: &str, count: usize, bytes: usize) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let client = chubby_client::Client::connect(self.client_config())
+                .await
+                .unwrap();
+            client
+                .create(dir, chubby_client::Create::directory())
+                .await
+                .unwrap();
+            for i in 0..count {
+                let contents = vec![b'a' + (i % 26) as u8; bytes];
+                client
+                    .create(format!("{dir}/{i}"), chubby_client::Create::file(contents))
+                    .await
+                    .unwrap();
+            }
+            client.close().await.unwrap();
+        });
+    }
+
+    fn client_config(&self) -> chubby_client::ClientConfig {
         let replicas = NODES.iter().map(|n| self.addresses[n].client).collect();
         let cluster = u64::from_str_radix(CLUSTER, 16).unwrap();
-        let config = chubby_client::ClientConfig::from_cert_dir(
+        chubby_client::ClientConfig::from_cert_dir(
             replicas,
             cluster,
             &self.dir.join("certs"),
             Some("admin"),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Commits `count` small writes, one slot each, so that membership changes (which take
+    /// effect a window of slots after they are chosen) come into force. Through the client
+    /// library: a chubbyctl process per slot would be slow.
+    fn advance_slots(&self, count: usize) {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
-            let client = chubby_client::Client::connect(config).await.unwrap();
+            let client = chubby_client::Client::connect(self.client_config())
+                .await
+                .unwrap();
             match client
                 .create("/slots", chubby_client::Create::file(Vec::new()))
                 .await
@@ -736,6 +778,27 @@ fn snapshot_save_and_restore_through_the_log() {
     // Every replica applied the same restore: the digests agree.
     let report = f.ctl(&["check", "--json"]).ok().json();
     assert_eq!(report["agree"], true, "{report}");
+
+    // A snapshot over one log entry: saved in several chunks, but refused for restore, with the
+    // limit in the message, before anything is sent.
+    f.create_large_files("/big", 6, 200 * 1024);
+    let big = f.dir.join("big.snap");
+    let saved = f
+        .ctl(&["snapshot", "save", big.to_str().unwrap(), "--json"])
+        .ok()
+        .json();
+    assert!(saved["bytes"].as_u64().unwrap() > 1024 * 1024, "{saved}");
+    let refused = f
+        .ctl(&["snapshot", "restore", big.to_str().unwrap(), "--force"])
+        .code(1);
+    assert!(
+        refused
+            .stderr
+            .contains("online-restore limit of 1044480 bytes"),
+        "{}",
+        refused.stderr
+    );
+    f.ctl(&["get", "/big/5", "--json"]).ok();
 }
 
 fn leftover_temporaries(dir: &Path) -> bool {
