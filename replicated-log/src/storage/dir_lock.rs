@@ -1,13 +1,14 @@
 //! [`DirLock`]: an exclusive advisory lock on a data directory, so that two processes never run
 //! storage over the same directory, and an operator tool can tell that a replica is stopped.
 //!
-//! The lock is `flock(LOCK_EX | LOCK_NB)` on a file named `LOCK` in the directory (std's
-//! `File::try_lock`). The kernel releases it when the process exits, however it exits, so a crashed
+//! The lock is `flock(LOCK_EX | LOCK_NB)` on a file named `LOCK` in the directory (through rustix;
+//! std's `File::try_lock` is the same call but needs Rust 1.89, above this workspace's MSRV). The
+//! kernel releases it when the process exits, however it exits, so a crashed
 //! replica never leaves a stale lock behind. The holder writes its process id into the file, for
 //! error messages and for operators (`kill $(cat DIR/LOCK)`); the pid is information, never the lock.
 //! `LOCK` is not one of storage's names: `open` and `quarantine` leave it where it is.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -104,9 +105,9 @@ impl DirLock {
             .map_err(io_error)?;
         let started = Instant::now();
         loop {
-            match file.try_lock() {
-                Ok(()) => break,
-                Err(TryLockError::WouldBlock) => {
+            match try_lock(&file) {
+                Ok(true) => break,
+                Ok(false) => {
                     let pid = read_pid(&mut file);
                     let ours = pid == Some(std::process::id());
                     if !ours || started.elapsed() >= SAME_PROCESS_WAIT_MAX {
@@ -117,7 +118,7 @@ impl DirLock {
                     }
                     std::thread::sleep(RETRY_INTERVAL);
                 }
-                Err(TryLockError::Error(source)) => return Err(io_error(source)),
+                Err(source) => return Err(io_error(source)),
             }
         }
         let pid = format!("{}\n", std::process::id());
@@ -143,18 +144,33 @@ impl DirLock {
                 path: path.clone(),
                 source,
             })?;
-        match file.try_lock() {
-            Ok(()) => Ok(LockState::Free),
-            Err(TryLockError::WouldBlock) => Ok(LockState::Held {
+        match try_lock(&file) {
+            Ok(true) => Ok(LockState::Free),
+            Ok(false) => Ok(LockState::Held {
                 pid: read_pid(&mut file),
             }),
-            Err(TryLockError::Error(source)) => Err(LockError::Io { path, source }),
+            Err(source) => Err(LockError::Io { path, source }),
         }
     }
 
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: true if this file now holds the lock, false if another open file
+/// does. The lock goes with the open file: closing it (or exiting) releases it.
+fn try_lock(file: &File) -> io::Result<bool> {
+    use rustix::fs::{flock, FlockOperation};
+    use rustix::io::Errno;
+    loop {
+        match flock(file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(true),
+            Err(Errno::WOULDBLOCK) => return Ok(false),
+            Err(Errno::INTR) => continue,
+            Err(error) => return Err(error.into()),
+        }
     }
 }
 
