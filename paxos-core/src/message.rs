@@ -191,10 +191,39 @@ impl Message {
 fn contiguous(slots: impl Iterator<Item = Slot>) -> bool {
     let mut previous: Option<Slot> = None;
     for slot in slots {
-        if slot == Slot::ZERO || previous.is_some_and(|p| p.next() != slot) {
+        // `checked_add`: a peer's slot may be the largest u64, whose successor does not exist.
+        if slot == Slot::ZERO || previous.is_some_and(|p| p.0.checked_add(1) != Some(slot.0)) {
             return false;
         }
         previous = Some(slot);
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catch_up(slots: &[u64]) -> Message {
+        Message::CatchUpReply(CatchUpReply {
+            entries: slots.iter().map(|s| (Slot(*s), Value::noop())).collect(),
+            chosen_through: Slot(1),
+        })
+    }
+
+    #[test]
+    fn catch_up_replies_must_be_contiguous() {
+        assert_eq!(catch_up(&[3, 4, 5]).invalid(), None);
+        assert!(catch_up(&[3, 5]).invalid().is_some());
+        assert!(catch_up(&[0, 1]).invalid().is_some());
+    }
+
+    /// Found by reading the `peer_message` fuzz target's path: the successor of the largest slot
+    /// overflowed (a panic with overflow checks on) instead of making the reply invalid.
+    #[test]
+    fn a_catch_up_reply_past_the_largest_slot_is_invalid_not_a_panic() {
+        assert!(catch_up(&[u64::MAX, 0]).invalid().is_some());
+        assert!(catch_up(&[u64::MAX, u64::MAX]).invalid().is_some());
+        assert_eq!(catch_up(&[u64::MAX]).invalid(), None);
+    }
 }
