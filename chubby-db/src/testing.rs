@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 /// The cluster id of every test cluster.
 pub const TEST_CLUSTER: ClusterId = ClusterId(0x00c4_bb1e);
 /// The clients a test cluster has certificates for (`client-<name>.pem` in [`TestCluster::certs_dir`]).
-pub const TEST_CLIENTS: &[&str] = &["alice", "bob", "carol"];
+pub const TEST_CLIENTS: &[&str] = &["alice", "bob", "carol", "admin"];
 /// How long the fixture waits for anything before it fails the test.
 pub const FIXTURE_WAIT: Duration = Duration::from_secs(30);
 
