@@ -70,6 +70,7 @@ pub enum MembersCommand {
     /// chubbyctl asks the learner itself how far it applied and refuses (exit 1) if it lags the
     /// master's chosen slot by more than --lag-max slots, or cannot be asked. --force skips that.
     Promote {
+        /// The learner's node id (see `members list`).
         node: u64,
         /// The most slots the learner may lag behind the master's chosen slot.
         #[arg(long, default_value_t = PROMOTE_LAG_SLOTS_MAX_DEFAULT)]
@@ -83,14 +84,20 @@ pub enum MembersCommand {
     },
     /// Remove a voter or non-voting member for good (its id is never reused). Refused if it is
     /// the last voter. Stop its chubbyd afterwards.
-    Remove { node: u64 },
+    Remove {
+        /// The member's node id (see `members list`).
+        node: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum SnapshotCommand {
     /// Fetch a consistent snapshot of the database from the master and write it to FILE
     /// atomically (temporary file, fsync, rename); prints its slot, size and checksums.
-    Save { file: PathBuf },
+    Save {
+        /// Where to write the snapshot (replaced atomically if it exists).
+        file: PathBuf,
+    },
     /// Replace the database of a running cluster with the snapshot in FILE, through the log.
     ///
     /// The file's checksum and contents are verified before anything is sent. Every replica
@@ -99,6 +106,7 @@ pub enum SnapshotCommand {
     /// ever validates again. Refused unless the database is empty, or with --force. Snapshots
     /// over the one-log-entry limit (about 1 MiB) are refused.
     Restore {
+        /// A snapshot written by `snapshot save`.
         file: PathBuf,
         /// Replace a database that holds nodes.
         #[arg(long)]
