@@ -24,8 +24,12 @@ impl Database {
         if !(LEASE_MS_MIN..=LEASE_MS_MAX).contains(&lease_ms) {
             return Reply::Rejected(Rejection::InvalidLease { lease_ms });
         }
+        // Ids are never reused: with none left, refuse rather than hand out one twice.
+        let Some(next_session) = self.state.next_session.checked_add(1) else {
+            return Reply::Rejected(Rejection::SessionIdsExhausted);
+        };
         let session = SessionId(self.state.next_session);
-        self.state.next_session = self.state.next_session.saturating_add(1);
+        self.state.next_session = next_session;
         let lease_until_ms = self.state.now_ms.saturating_add(lease_ms);
         let record = Session {
             lease_ms,
@@ -139,5 +143,33 @@ impl Database {
                 .forgotten_below
                 .max(RequestSeq(oldest.0.saturating_add(1)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Command, Config, Database, Rejection, Reply, SessionId, Slot};
+
+    /// Found by the `db_snapshot` fuzz target: a snapshot whose `next_session` was `u64::MAX`
+    /// restored fine, and the next `OpenSession` handed out the id `u64::MAX` without moving
+    /// `next_session` past it (saturating), breaking the invariant that every id is below it; a
+    /// second one would have handed out the same id again.
+    #[test]
+    fn the_last_session_id_is_handed_out_once_then_opening_is_refused() {
+        let mut database = Database::new(Config::default());
+        database.state.next_session = u64::MAX - 1;
+        let open = Command::OpenSession {
+            now_ms: 1_000,
+            lease_ms: None,
+        };
+        let first = database.apply(Slot(1), &open).reply;
+        assert!(
+            matches!(first, Reply::SessionOpened { session, .. } if session == SessionId(u64::MAX - 1))
+        );
+        database.check_invariants();
+        let second = database.apply(Slot(2), &open).reply;
+        assert_eq!(second, Reply::Rejected(Rejection::SessionIdsExhausted));
+        database.check_invariants();
+        assert_eq!(database.sessions().len(), 1);
     }
 }

@@ -38,6 +38,9 @@ pub enum Rejection {
         bytes: usize,
         max: usize,
     },
+    /// Every session id has been handed out (reachable only from a crafted snapshot: ids are
+    /// never reused and one `OpenSession` takes one).
+    SessionIdsExhausted,
 }
 
 /// Which branch of a MultiOp ran.
