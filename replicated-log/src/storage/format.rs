@@ -227,7 +227,11 @@ impl SegmentHeader {
 
 /// The postcard encoding of one record, checked against the size limit.
 pub fn encode_record(record: &Record) -> Result<Vec<u8>, u64> {
-    let bytes = postcard::to_stdvec(record).expect("records always encode");
+    // Measured first, so a record holding a large batch is written into one allocation.
+    let size = postcard::serialize_with_flavor(record, postcard::ser_flavors::Size::default())
+        .expect("records always encode");
+    let bytes =
+        postcard::to_extend(record, Vec::with_capacity(size)).expect("records always encode");
     let payload = bytes.len() as u64 + RECORD_PREFIX_BYTES;
     if payload > u64::from(RECORD_BYTES_MAX) {
         return Err(payload);

@@ -55,9 +55,17 @@ impl FrameError {
     }
 }
 
+/// The most a frame's announced length makes `read` allocate before its bytes arrive.
+const PREALLOCATE_BYTES_MAX: usize = 1 << 20;
+
 /// Encodes `value` as one frame, or `Oversized` when its payload exceeds `max`.
 pub fn encode<T: Serialize>(value: &T, max: u32) -> Result<Vec<u8>, FrameError> {
-    let mut frame = vec![0u8; FRAME_HEADER_BYTES];
+    // Measured first (a pass that copies nothing), so that a value holding a large batch is
+    // written into one allocation instead of a vector that doubles and copies as it grows.
+    let size = postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())
+        .map_err(|error| FrameError::Undecodable(error.to_string()))?;
+    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + size);
+    frame.resize(FRAME_HEADER_BYTES, 0);
     frame = postcard::to_extend(value, frame)
         .map_err(|error| FrameError::Undecodable(error.to_string()))?;
     let payload = (frame.len() - FRAME_HEADER_BYTES) as u64;
@@ -91,7 +99,9 @@ pub fn decode<T: DeserializeOwned>(
 
 /// Reads one frame from `reader`: `Ok(None)` on a clean end of stream before a frame starts.
 /// Returns the value and the frame's size in bytes. `Oversized` is reported before the payload is
-/// read; the payload buffer grows with the bytes that actually arrive.
+/// read; the payload buffer is sized for the announced length up to `PREALLOCATE_BYTES_MAX`, and
+/// beyond that grows with the bytes that actually arrive (a peer cannot make us allocate what it
+/// does not send).
 pub async fn read<T, R>(reader: &mut R, max: u32) -> Result<Option<(T, usize)>, FrameError>
 where
     T: DeserializeOwned,
@@ -116,7 +126,7 @@ where
         filled += n;
     }
     let length = payload_length(header, max)?;
-    let mut payload = Vec::new();
+    let mut payload = Vec::with_capacity(length.min(PREALLOCATE_BYTES_MAX));
     let received = reader
         .take(length as u64)
         .read_to_end(&mut payload)
