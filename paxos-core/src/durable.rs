@@ -103,6 +103,9 @@ impl DurableState {
         let mut state: Option<DurableState> = None;
         for record in records {
             state = Some(match (state, record) {
+                (None, Record::Bootstrap { membership, .. }) if membership.entries.is_empty() => {
+                    return Err(RecoverError::Inconsistent("bootstrap without a membership"))
+                }
                 (
                     None,
                     Record::Bootstrap {
@@ -237,10 +240,17 @@ impl DurableState {
                 }
             }
             Record::Snapshot(handle) => {
+                if handle.membership.entries.is_empty() {
+                    return Err(RecoverError::Inconsistent("snapshot without a membership"));
+                }
                 let first_membership = self.snapshot.membership.latest().voters.is_empty();
                 if handle.slot > self.snapshot.slot || first_membership {
                     self.snapshot = handle.clone();
-                    self.log = self.log.split_off(&handle.slot.next());
+                    // A snapshot at the largest slot leaves no slot after it.
+                    self.log = match handle.slot.0.checked_add(1) {
+                        Some(next) => self.log.split_off(&Slot(next)),
+                        None => BTreeMap::new(),
+                    };
                 }
             }
             Record::RebuildBegan { node, incarnation } => {
@@ -344,6 +354,45 @@ mod tests {
         // accepted, contradicts the log.
         assert!(DurableState::recover(&[boot(), accepted, learned(b2)]).is_err());
         assert!(DurableState::recover(&[boot(), learned(b1)]).is_err());
+    }
+
+    /// Records read back from disk (checksums fine) may still say anything: a membership with no
+    /// entry made `latest()` panic, and a snapshot at the largest slot overflowed its successor.
+    /// Both are typed errors or plain states now. Found while writing the `wal_recovery` fuzz
+    /// target, which recomputes the checksums of mutated segments.
+    #[test]
+    fn records_that_say_nonsense_are_refused_not_a_panic() {
+        let empty = MembershipLog { entries: vec![] };
+        let bare_boot = Record::Bootstrap {
+            node: NodeId(1),
+            incarnation: Incarnation(1),
+            membership: empty.clone(),
+        };
+        assert!(matches!(
+            DurableState::recover(&[bare_boot]),
+            Err(RecoverError::Inconsistent(_))
+        ));
+        let bare_snapshot = Record::Snapshot(SnapshotHandle {
+            slot: Slot(3),
+            membership: empty,
+        });
+        assert!(matches!(
+            DurableState::recover(&[boot(), bare_snapshot]),
+            Err(RecoverError::Inconsistent(_))
+        ));
+        let last = SnapshotHandle {
+            slot: Slot(u64::MAX),
+            membership: MembershipLog::initial(Config::new([NodeId(1)])),
+        };
+        let accepted = Record::Accepted {
+            slot: Slot(5),
+            ballot: Ballot::ZERO,
+            value: Value::noop(),
+        };
+        let state =
+            DurableState::recover(&[boot(), accepted, Record::Snapshot(last.clone())]).unwrap();
+        assert_eq!(state.snapshot, last);
+        assert!(state.log.is_empty());
     }
 
     #[test]
