@@ -813,19 +813,23 @@ fn read_chain(vfs: &MemVfs) -> Option<Vec<SegmentImage>> {
     let chain = segments
         .split_off(base)
         .into_iter()
-        .map(|(_, path, bytes, _)| SegmentImage {
-            batches: complete_batches(&bytes),
+        .map(|(_, path, bytes, header)| SegmentImage {
+            batches: complete_batches(&bytes, header.first_batch),
             path,
         })
         .collect();
     Some(chain)
 }
 
-fn complete_batches(bytes: &[u8]) -> Vec<(u64, u64)> {
+/// The complete batches of a segment whose first batch is `first_batch`, in order. A frame of
+/// another batch than the next one ends the data: past the end of a recycled segment's data lie
+/// the frames of its old contents (when a crash tore away the end marker after the last batch).
+fn complete_batches(bytes: &[u8], first_batch: u64) -> Vec<(u64, u64)> {
     let mut batches = Vec::new();
     let (mut at, mut start) = (SECTOR_BYTES, SECTOR_BYTES);
     while let Some(rest) = bytes.get(at as usize..) {
         let Ok(Frame::Record {
+            batch,
             end_of_batch,
             bytes: frame,
             ..
@@ -833,6 +837,9 @@ fn complete_batches(bytes: &[u8]) -> Vec<(u64, u64)> {
         else {
             break;
         };
+        if batch != first_batch + batches.len() as u64 {
+            break;
+        }
         at += frame;
         if end_of_batch {
             batches.push((start, at));
