@@ -5,8 +5,8 @@
 //! All integers are fixed-width little-endian. The diagrams are in `docs/storage-format.md`.
 
 use super::limits::{
-    RECORD_BYTES_MAX, SECTOR_BYTES, SEGMENT_HEADER_BYTES, SNAPSHOT_CHUNK_BYTES_MAX,
-    SNAPSHOT_HANDLE_BYTES_MAX,
+    BATCH_NUMBER_MAX, RECORD_BYTES_MAX, SECTOR_BYTES, SEGMENT_HEADER_BYTES,
+    SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_HANDLE_BYTES_MAX,
 };
 use crate::wire::ClusterId;
 use paxos_core::{Incarnation, NodeId, Record, Slot, SnapshotHandle};
@@ -215,6 +215,9 @@ impl SegmentHeader {
             1 => true,
             _ => return Err(FormatError::Invalid("segment flags")),
         };
+        if u64_at(bytes, 48) > BATCH_NUMBER_MAX {
+            return Err(FormatError::Invalid("first batch number out of range"));
+        }
         Ok(SegmentHeader {
             seq: u64_at(bytes, 40),
             first_batch: u64_at(bytes, 48),
@@ -307,7 +310,11 @@ pub fn decode_record_prefix(payload: &[u8]) -> Result<(u64, bool), FormatError> 
         FLAG_END_OF_BATCH => true,
         _ => return Err(FormatError::Invalid("record flags")),
     };
-    Ok((u64_at(payload, 0), end_of_batch))
+    let batch = u64_at(payload, 0);
+    if batch > BATCH_NUMBER_MAX {
+        return Err(FormatError::Invalid("batch number out of range"));
+    }
+    Ok((batch, end_of_batch))
 }
 
 /// Decodes the record frame at the start of `bytes`.
@@ -550,6 +557,53 @@ mod tests {
             base: true,
             cluster: ClusterId(0xC1),
             node: NodeId(3),
+        }
+    }
+
+    /// Found while writing the `wal_recovery` fuzz target (which recomputes checksums): a header
+    /// whose first batch is `u64::MAX`, or `u64::MAX - 1` with one batch, made recovery or the
+    /// next sync overflow the batch counter (a panic). Such numbers are corruption now.
+    #[test]
+    fn batch_numbers_past_the_limit_are_corruption_not_an_overflow() {
+        use crate::storage::{MemVfs, Opened, Storage, StorageOptions, Vfs, VfsFile};
+        let record = encode_record(&Record::Promised(Ballot::ZERO)).unwrap();
+        let mut batch = Vec::new();
+        encode_batch(&[record.clone()], BATCH_NUMBER_MAX + 1, &mut batch);
+        assert!(matches!(decode_frame(&batch), Err(FormatError::Invalid(_))));
+        for first_batch in [u64::MAX, u64::MAX - 1, BATCH_NUMBER_MAX + 1] {
+            let head = SegmentHeader {
+                seq: 0,
+                first_batch,
+                base: true,
+                cluster: ClusterId(1),
+                node: NodeId(1),
+            };
+            assert!(matches!(
+                SegmentHeader::decode(&head.encode()),
+                Err(FormatError::Invalid(_))
+            ));
+            let mut segment = head.encode();
+            segment.resize(SECTOR_BYTES as usize, 0);
+            encode_batch(&[record.clone()], first_batch, &mut segment);
+            let vfs = MemVfs::new();
+            let dir = std::path::Path::new("/data");
+            vfs.create_dir(dir).unwrap();
+            let identity = Identity {
+                cluster: ClusterId(1),
+                node: NodeId(1),
+                incarnation: Incarnation(1),
+            };
+            for (name, bytes) in [
+                (names::IDENTITY.to_string(), encode_identity(&identity)),
+                (names::segment(0), segment),
+            ] {
+                let mut file = vfs.create(&dir.join(name)).unwrap();
+                file.write_at(0, &bytes).unwrap();
+                file.sync_data().unwrap();
+            }
+            vfs.sync_dir(dir).unwrap();
+            let (_, opened) = Storage::open(vfs, dir, StorageOptions::default()).unwrap();
+            assert!(matches!(opened, Opened::Damaged { .. }), "{opened:?}");
         }
     }
 

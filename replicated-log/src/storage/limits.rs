@@ -18,6 +18,11 @@ pub const SEGMENT_HEADER_BYTES: u64 = 64;
 /// Largest record payload (batch number, flags and the postcard-encoded record).
 pub const RECORD_BYTES_MAX: u32 = 8 * 1024 * 1024;
 
+/// Largest batch number a segment header or record may carry. Batch numbers grow by one per
+/// synced batch, so no log we wrote comes near it; a larger one is corruption, and the bound
+/// keeps every later `+ 1` on batch numbers from overflowing.
+pub const BATCH_NUMBER_MAX: u64 = 1 << 62;
+
 /// Zeros written per call while preallocating a segment.
 pub const PREALLOCATE_WRITE_BYTES: u64 = 1024 * 1024;
 
