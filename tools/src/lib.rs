@@ -8,7 +8,6 @@
 //! This library holds what the binaries share and what tests call directly.
 
 pub mod admin_commands;
-pub mod admin_commands;
 pub mod bench;
 pub mod client_commands;
 pub mod dev_cluster;

@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+// Linked for its global allocator (mimalloc), which every binary of this crate shares.
+extern crate tools;
+
 #[derive(Parser, Debug)]
 #[command(
     about = "Benchmark the replicated log: 3 replicas over QUIC+mTLS on loopback, fdatasync on",
