@@ -103,6 +103,7 @@ pub(crate) struct Node {
     /// Invariant: `content_checksum(&contents)`.
     pub checksum: u64,
     /// Invariant: empty for a directory; at most `contents_bytes_max` bytes.
+    #[serde(with = "chubby_proto::types::shared_bytes")]
     pub contents: Arc<[u8]>,
 }
 

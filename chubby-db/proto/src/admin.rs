@@ -56,7 +56,11 @@ pub enum AdminRequest {
     /// Replaces the database with `snapshot` through the log (every replica applies it at the
     /// same slot): every session ends, every node's instance number is renumbered above any ever
     /// handed out. Refused unless the database is empty or `force`. Master only.
-    Restore { snapshot: Vec<u8>, force: bool },
+    Restore {
+        #[serde(with = "serde_bytes")]
+        snapshot: Vec<u8>,
+        force: bool,
+    },
     /// Runs a cross-replica consistency check now and waits up to `timeout_ms` (at most
     /// [`CHECK_TIMEOUT_MS_MAX`]) for every voter's digest. Master only.
     Check { timeout_ms: u64 },
@@ -80,7 +84,7 @@ pub enum AdminResponse {
         /// The database digest at `slot` (what `Check` compares across replicas).
         digest: u64,
     },
-    SnapshotChunk(Vec<u8>),
+    SnapshotChunk(#[serde(with = "serde_bytes")] Vec<u8>),
     Restored(RestoreReport),
     Check(CheckReport),
     Refused(AdminRefusal),

@@ -41,6 +41,7 @@ pub enum Test {
     },
     ContentsEqual {
         path: NodePath,
+        #[serde(with = "serde_bytes")]
         contents: Vec<u8>,
     },
     ChecksumEquals {
@@ -81,11 +82,16 @@ pub enum Op {
         path: NodePath,
         kind: NodeKind,
         ephemeral: bool,
+        #[serde(with = "serde_bytes")]
         contents: Vec<u8>,
         lock_delay_ms: Option<u64>,
     },
     /// Replaces a file's contents and bumps its content generation.
-    Set { path: NodePath, contents: Vec<u8> },
+    Set {
+        path: NodePath,
+        #[serde(with = "serde_bytes")]
+        contents: Vec<u8>,
+    },
     /// Deletes a node that has no children and whose lock is free, unwaited and not in lock-delay.
     Delete { path: NodePath },
     /// Returns the node's stat and contents.

@@ -170,6 +170,7 @@ pub struct NodeStat {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeView {
     pub stat: NodeStat,
+    #[serde(with = "crate::types::shared_bytes")]
     pub contents: Arc<[u8]>,
 }
 

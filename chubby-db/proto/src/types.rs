@@ -47,3 +47,70 @@ impl fmt::Display for SessionId {
         write!(f, "session {}", self.0)
     }
 }
+
+/// Serde for shared contents (`Arc<[u8]>`) as one byte string, like `serde_bytes` does for
+/// `Vec<u8>`: postcard writes the same bytes either way (a length, then the bytes), but reads and
+/// writes them in one piece instead of one element at a time. Use with `#[serde(with = ...)]`.
+pub mod shared_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::sync::Arc;
+
+    pub fn serialize<S: Serializer>(bytes: &Arc<[u8]>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Arc<[u8]>, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(deserializer)?;
+        Ok(Arc::from(bytes.into_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+    use std::sync::Arc;
+
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct AsSequence {
+        contents: Vec<u8>,
+    }
+
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct AsBytes {
+        #[serde(with = "serde_bytes")]
+        contents: Vec<u8>,
+    }
+
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct Shared {
+        #[serde(with = "super::shared_bytes")]
+        contents: Arc<[u8]>,
+    }
+
+    /// Contents written as a byte string are the bytes written before as a sequence of bytes, so
+    /// logs, snapshots and peers of either encoding read each other.
+    #[test]
+    fn byte_strings_encode_as_the_sequences_they_replaced() {
+        for len in [0usize, 1, 127, 128, 1024, 70_000] {
+            let contents: Vec<u8> = (0..len).map(|i| (i * 31) as u8).collect();
+            let old = postcard::to_stdvec(&AsSequence {
+                contents: contents.clone(),
+            })
+            .unwrap();
+            let new = postcard::to_stdvec(&AsBytes {
+                contents: contents.clone(),
+            })
+            .unwrap();
+            let shared = postcard::to_stdvec(&Shared {
+                contents: Arc::from(contents.clone()),
+            })
+            .unwrap();
+            assert_eq!(old, new, "len {len}");
+            assert_eq!(old, shared, "len {len}");
+            let back: Shared = postcard::from_bytes(&old).unwrap();
+            assert_eq!(&*back.contents, &contents[..]);
+            let back: AsBytes = postcard::from_bytes(&old).unwrap();
+            assert_eq!(back.contents, contents);
+        }
+    }
+}
