@@ -125,7 +125,7 @@ async fn a_restore_through_the_log_ends_live_sessions_and_replicas_agree() {
     // The writer's session ended with the restore: its state says so.
     let mut state = writer.session_state();
     wait_for("the session to end", || {
-        let current = state.borrow_and_update().clone();
+        let current = *state.borrow_and_update();
         async move { matches!(current, SessionState::Expired(_)).then_some(()) }
     })
     .await;
