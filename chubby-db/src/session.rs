@@ -150,10 +150,10 @@ impl Database {
 mod tests {
     use crate::{Command, Config, Database, Rejection, Reply, SessionId, Slot};
 
-    /// Found by the `db_snapshot` fuzz target: a snapshot whose `next_session` was `u64::MAX`
-    /// restored fine, and the next `OpenSession` handed out the id `u64::MAX` without moving
-    /// `next_session` past it (saturating), breaking the invariant that every id is below it; a
-    /// second one would have handed out the same id again.
+    /// Found while looking into a `db_snapshot` fuzz finding: with `next_session` at `u64::MAX`
+    /// (only a crafted snapshot gets there), `OpenSession` handed out the id `u64::MAX` without
+    /// moving `next_session` past it (saturating), breaking the invariant that every id is below
+    /// it; a second one would have handed out the same id again.
     #[test]
     fn the_last_session_id_is_handed_out_once_then_opening_is_refused() {
         let mut database = Database::new(Config::default());
@@ -171,5 +171,19 @@ mod tests {
         assert_eq!(second, Reply::Rejected(Rejection::SessionIdsExhausted));
         database.check_invariants();
         assert_eq!(database.sessions().len(), 1);
+    }
+
+    /// Found by the `db_snapshot` fuzz target (`fuzz/corpus/db_snapshot/crash-next-session-zero`):
+    /// a snapshot with `next_session` at 0 and no sessions restored fine, and the next
+    /// `OpenSession` handed out the invalid id 0. Restoring such a snapshot is refused now.
+    #[test]
+    fn a_snapshot_whose_next_session_is_zero_is_refused() {
+        let mut database = Database::new(Config::default());
+        database.state.next_session = 0;
+        let bytes = database.snapshot().to_bytes();
+        assert!(matches!(
+            Database::from_snapshot(&mut &bytes[..]),
+            Err(crate::RestoreError::Invalid(_))
+        ));
     }
 }

@@ -324,6 +324,10 @@ impl State {
     }
 
     fn invalid_sessions(&self) -> Option<&'static str> {
+        // Ids start at 1: with `next_session` at 0 the next session would get the invalid id 0.
+        if self.next_session == 0 {
+            return Some("next_session is 0");
+        }
         for (id, session) in self.sessions.iter() {
             if id.0 == 0 || id.0 >= self.next_session {
                 return Some("a session id is not below next_session");

@@ -384,6 +384,20 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         let payload = postcard::to_stdvec(message).expect("messages encode");
         seeds.push(("peer_message", format!("message-{i:02}"), payload));
     }
+    // A catch-up reply whose slots run past u64::MAX (its validation overflowed once).
+    let past_the_end = PeerMessage::Paxos(Envelope {
+        from: NodeId(2),
+        incarnation: Incarnation(1),
+        message: paxos_core::Message::CatchUpReply(paxos_core::message::CatchUpReply {
+            entries: vec![(Slot(u64::MAX), Value::noop()), (Slot(0), Value::noop())],
+            chosen_through: Slot(1),
+        }),
+    });
+    seeds.push((
+        "peer_message",
+        "catch-up-past-the-last-slot".into(),
+        postcard::to_stdvec(&past_the_end).expect("messages encode"),
+    ));
     let mut frames = Vec::new();
     for message in peer_messages() {
         frames.extend(frame::encode(&message, FRAME_BYTES_MAX).expect("small frame"));
@@ -426,6 +440,13 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             let mut bytes = wal_image(2);
             let end = bytes.len();
             bytes[end - 600] ^= 0x40;
+            bytes
+        }),
+        // The first batch number at u64::MAX (the batch counter overflowed once); with the
+        // checksums recomputed, the header's crc checks out.
+        ("last-batch-number", {
+            let mut bytes = wal_image(1);
+            bytes[48..56].copy_from_slice(&u64::MAX.to_le_bytes());
             bytes
         }),
     ];
