@@ -20,8 +20,14 @@ use chubby_db::{
     WatchKinds,
 };
 
-/// Every target of this file: its name (the directory of its corpus) and its body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz target: its name (the directory of its corpus) and its body.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// A seed input: the target, a name for the file, the bytes.
+pub type Seed = (&'static str, String, Vec<u8>);
+
+/// Every target of this file.
+pub const TARGETS: &[Target] = &[
     ("client_request", client_request),
     ("client_response", client_response),
     ("db_command", db_command),
@@ -209,7 +215,7 @@ fn path(text: &str) -> NodePath {
 
 /// Valid encodings for each target, plus a few edge cases: `(target, name, bytes)`. Written to
 /// `fuzz/corpus/` by `cargo run --example gen-corpus` in `fuzz/`.
-pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+pub fn seeds() -> Vec<Seed> {
     let mut seeds = Vec::new();
     for (i, request) in requests().iter().enumerate() {
         let frame = encode_frame(request).expect("small frame");

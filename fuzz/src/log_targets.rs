@@ -29,8 +29,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Every target of this file: its name (the directory of its corpus) and its body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz target: its name (the directory of its corpus) and its body.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// A seed input: the target, a name for the file, the bytes.
+pub type Seed = (&'static str, String, Vec<u8>);
+
+/// Every target of this file.
+pub const TARGETS: &[Target] = &[
     ("peer_message", peer_message),
     ("peer_frames", peer_frames),
     ("snapshot_transfer", snapshot_transfer),
@@ -378,7 +384,7 @@ fn scratch_dir() -> PathBuf {
 
 /// Valid encodings for each target, plus a few edge cases: `(target, name, bytes)`. Written to
 /// `fuzz/corpus/` by `cargo run --example gen-corpus` in `fuzz/`.
-pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+pub fn seeds() -> Vec<Seed> {
     let mut seeds = Vec::new();
     for (i, message) in peer_messages().iter().enumerate() {
         let payload = postcard::to_stdvec(message).expect("messages encode");
