@@ -568,7 +568,11 @@ mod tests {
         use crate::storage::{MemVfs, Opened, Storage, StorageOptions, Vfs, VfsFile};
         let record = encode_record(&Record::Promised(Ballot::ZERO)).unwrap();
         let mut batch = Vec::new();
-        encode_batch(&[record.clone()], BATCH_NUMBER_MAX + 1, &mut batch);
+        encode_batch(
+            std::slice::from_ref(&record),
+            BATCH_NUMBER_MAX + 1,
+            &mut batch,
+        );
         assert!(matches!(decode_frame(&batch), Err(FormatError::Invalid(_))));
         for first_batch in [u64::MAX, u64::MAX - 1, BATCH_NUMBER_MAX + 1] {
             let head = SegmentHeader {
@@ -584,7 +588,7 @@ mod tests {
             ));
             let mut segment = head.encode();
             segment.resize(SECTOR_BYTES as usize, 0);
-            encode_batch(&[record.clone()], first_batch, &mut segment);
+            encode_batch(std::slice::from_ref(&record), first_batch, &mut segment);
             let vfs = MemVfs::new();
             let dir = std::path::Path::new("/data");
             vfs.create_dir(dir).unwrap();
