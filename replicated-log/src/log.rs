@@ -180,12 +180,26 @@ impl<M: StateMachine> Log<M> {
 
     /// Opens the log over real files and QUIC with mutual TLS: the usual way to run a replica.
     /// `tls` must name `config.node` of `config.cluster`; `listen` is where peers reach this replica.
+    ///
+    /// A port still held by a log of this process that was just shut down (its endpoint closes in
+    /// the background) is waited for, up to `LISTEN_WAIT`; a port held by anything else fails
+    /// with `AddressInUse` after that wait.
     pub async fn open_quic(
         config: LogConfig,
         machine: M,
         tls: crate::tls::TlsMaterial,
         listen: SocketAddr,
     ) -> Result<Log<M>, OpenError> {
+        const LISTEN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+        let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
+        while listen.port() != 0 && tokio::time::Instant::now() < deadline {
+            match std::net::UdpSocket::bind(listen) {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                _ => break,
+            }
+        }
         let quic = crate::transport::QuicConfig {
             node: config.node,
             cluster: config.cluster,
