@@ -10,7 +10,6 @@ use chubby_client::admin::{
     Admin, AdminError, CheckReport, PromoteRule, PROMOTE_LAG_SLOTS_MAX_DEFAULT,
     RESTORE_SNAPSHOT_BYTES_MAX,
 };
-use chubby_client::ClientConfig;
 use clap::Subcommand;
 use serde_json::json;
 use std::io::Write;
@@ -179,29 +178,7 @@ pub async fn run(command: &AdminCommand, connection: &Connection, json: bool) ->
 }
 
 fn connect(connection: &Connection) -> Result<Admin, Failure> {
-    let cluster = connection
-        .cluster
-        .as_deref()
-        .ok_or_else(|| Failure::environment("--cluster (or CHUBBY_CLUSTER) is required"))?;
-    let cluster = u64::from_str_radix(cluster.trim_start_matches("0x"), 16).map_err(|_| {
-        Failure::environment(format!("--cluster `{cluster}` is not a hexadecimal id"))
-    })?;
-    let certs = connection
-        .certs
-        .as_deref()
-        .ok_or_else(|| Failure::environment("--certs (or CHUBBY_CERTS) is required"))?;
-    if connection.endpoints.is_empty() {
-        return Err(Failure::environment(
-            "--endpoints (or CHUBBY_ENDPOINTS) is required",
-        ));
-    }
-    let config = ClientConfig::from_cert_dir(
-        connection.endpoints.clone(),
-        cluster,
-        certs,
-        Some(&connection.client),
-    )
-    .map_err(|e| Failure::environment(e.to_string()))?;
+    let config = connection.client_config().map_err(Failure::environment)?;
     Admin::new(config).map_err(|e| Failure::environment(e.to_string()))
 }
 

@@ -81,27 +81,29 @@ pub enum ClientCommand {
     },
 }
 
-async fn connect(connection: &Connection) -> Result<Client, String> {
-    let cluster = connection
-        .cluster
-        .as_deref()
-        .ok_or("--cluster (or CHUBBY_CLUSTER) is required")?;
-    let cluster = u64::from_str_radix(cluster.trim_start_matches("0x"), 16)
-        .map_err(|_| format!("--cluster `{cluster}` is not a hexadecimal id"))?;
-    let certs = connection
-        .certs
-        .as_deref()
-        .ok_or("--certs (or CHUBBY_CERTS) is required")?;
-    if connection.endpoints.is_empty() {
-        return Err("--endpoints (or CHUBBY_ENDPOINTS) is required".into());
+impl Connection {
+    /// The client configuration these settings name, or what is missing or wrong in them.
+    pub fn client_config(&self) -> Result<ClientConfig, String> {
+        let cluster = self
+            .cluster
+            .as_deref()
+            .ok_or("--cluster (or CHUBBY_CLUSTER) is required")?;
+        let cluster = u64::from_str_radix(cluster.trim_start_matches("0x"), 16)
+            .map_err(|_| format!("--cluster `{cluster}` is not a hexadecimal id"))?;
+        let certs = self
+            .certs
+            .as_deref()
+            .ok_or("--certs (or CHUBBY_CERTS) is required")?;
+        if self.endpoints.is_empty() {
+            return Err("--endpoints (or CHUBBY_ENDPOINTS) is required".into());
+        }
+        ClientConfig::from_cert_dir(self.endpoints.clone(), cluster, certs, Some(&self.client))
+            .map_err(|e| e.to_string())
     }
-    let config = ClientConfig::from_cert_dir(
-        connection.endpoints.clone(),
-        cluster,
-        certs,
-        Some(&connection.client),
-    )
-    .map_err(|e| e.to_string())?;
+}
+
+async fn connect(connection: &Connection) -> Result<Client, String> {
+    let config = connection.client_config()?;
     Client::connect(config).await.map_err(|e| e.to_string())
 }
 

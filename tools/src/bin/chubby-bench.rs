@@ -2,7 +2,6 @@
 //! Connection settings as `chubbyctl` (CHUBBY_CLUSTER, CHUBBY_CERTS, CHUBBY_ENDPOINTS,
 //! CHUBBY_CLIENT); the workloads and how they are counted are in `tools::bench`.
 
-use chubby_client::ClientConfig;
 use clap::Parser;
 use std::process::ExitCode;
 use tools::bench::{self, BenchOptions};
@@ -33,7 +32,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return fail(&cli, error.to_string()),
     };
-    let config = match client_config(&cli.connection) {
+    let config = match cli.connection.client_config() {
         Ok(config) => config,
         Err(error) => return fail(&cli, error),
     };
@@ -60,27 +59,4 @@ fn fail(cli: &Cli, error: String) -> ExitCode {
         eprintln!("chubby-bench: {error}");
     }
     ExitCode::from(2)
-}
-
-fn client_config(connection: &Connection) -> Result<ClientConfig, String> {
-    let cluster = connection
-        .cluster
-        .as_deref()
-        .ok_or("--cluster (or CHUBBY_CLUSTER) is required")?;
-    let cluster = u64::from_str_radix(cluster.trim_start_matches("0x"), 16)
-        .map_err(|_| format!("--cluster `{cluster}` is not a hexadecimal id"))?;
-    let certs = connection
-        .certs
-        .as_deref()
-        .ok_or("--certs (or CHUBBY_CERTS) is required")?;
-    if connection.endpoints.is_empty() {
-        return Err("--endpoints (or CHUBBY_ENDPOINTS) is required".into());
-    }
-    ClientConfig::from_cert_dir(
-        connection.endpoints.clone(),
-        cluster,
-        certs,
-        Some(&connection.client),
-    )
-    .map_err(|e| e.to_string())
 }
