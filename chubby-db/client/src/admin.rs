@@ -12,7 +12,7 @@ use crate::link::{read_frame, Link};
 use chubby_proto::protocol::encode_frame;
 use chubby_proto::{Request, Response, ServerError};
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 pub use chubby_proto::admin::{
@@ -106,15 +106,7 @@ impl Admin {
         // A check waits for the voters' digests; an attempt must outlast it.
         let longest = Duration::from_millis(CHECK_TIMEOUT_MS_MAX) + CHECK_SLACK;
         config.timeouts.attempt = config.timeouts.attempt.max(longest);
-        let quic = crate::tls::quic_client_config(&config)?;
-        let bind: SocketAddr = if config.replicas[0].is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let mut endpoint = quinn::Endpoint::client(bind)
-            .map_err(|e| Error::Config(format!("client endpoint on {bind}: {e}")))?;
-        endpoint.set_default_client_config(quic);
+        let endpoint = crate::tls::client_endpoint(&config)?;
         let link = Link::new(
             endpoint.clone(),
             config.cluster,

@@ -13,7 +13,6 @@ use chubby_proto::{
     Sequencer, ServerError, SessionId, WatchKinds,
 };
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -152,15 +151,7 @@ impl Client {
         if let Some(why) = config.invalid() {
             return Err(Error::Config(why));
         }
-        let quic = crate::tls::quic_client_config(&config)?;
-        let bind: SocketAddr = if config.replicas[0].is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let mut endpoint = quinn::Endpoint::client(bind)
-            .map_err(|e| Error::Config(format!("client endpoint on {bind}: {e}")))?;
-        endpoint.set_default_client_config(quic);
+        let endpoint = crate::tls::client_endpoint(&config)?;
         let link = Link::new(
             endpoint,
             config.cluster,

@@ -136,3 +136,18 @@ impl ServerCertVerifier for ReplicaVerifier {
         self.inner.supported_verify_schemes()
     }
 }
+
+/// A QUIC client endpoint on an ephemeral port of the replicas' address family, speaking the
+/// client protocol with `config`'s certificates.
+pub(crate) fn client_endpoint(config: &ClientConfig) -> Result<quinn::Endpoint, Error> {
+    let quic = quic_client_config(config)?;
+    let bind: std::net::SocketAddr = if config.replicas[0].is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let mut endpoint = quinn::Endpoint::client(bind)
+        .map_err(|e| Error::Config(format!("client endpoint on {bind}: {e}")))?;
+    endpoint.set_default_client_config(quic);
+    Ok(endpoint)
+}
