@@ -8,6 +8,7 @@
 
 pub mod db_targets;
 pub mod log_targets;
+pub mod replay;
 
 /// Every target: its name (the directory of its corpus under `corpus/`) and its body.
 pub fn targets() -> impl Iterator<Item = (&'static str, fn(&[u8]))> {

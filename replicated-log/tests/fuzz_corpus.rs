@@ -6,43 +6,19 @@
 #[path = "../../fuzz/src/log_targets.rs"]
 mod log_targets;
 
+#[path = "../../fuzz/src/replay.rs"]
+mod replay;
+
 use std::path::Path;
 
 #[test]
 fn every_corpus_file_replays() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
-    for (target, body) in log_targets::TARGETS {
-        let dir = root.join(target);
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|entry| entry.expect("a directory entry").path())
-            .collect();
-        files.sort();
-        assert!(!files.is_empty(), "{target} has no corpus");
-        for file in files {
-            let bytes = std::fs::read(&file).expect("a corpus file");
-            eprintln!("{target}: {}", file.display());
-            body(&bytes);
-        }
-    }
+    replay::corpus(&root, log_targets::TARGETS);
 }
 
 #[test]
 fn generated_seeds_replay() {
-    let seeds = log_targets::seeds();
-    for (target, _) in log_targets::TARGETS {
-        assert!(
-            seeds.iter().any(|(t, _, _)| t == target),
-            "no seed for {target}"
-        );
-    }
-    for (target, name, bytes) in seeds {
-        let (_, body) = log_targets::TARGETS
-            .iter()
-            .find(|(t, _)| *t == target)
-            .expect("a seed of a known target");
-        eprintln!("{target}: seed {name}");
-        body(&bytes);
-    }
+    replay::seeds(log_targets::TARGETS, log_targets::seeds());
     assert_eq!(log_targets::SEGMENT_SEPARATOR.len(), 8);
 }
