@@ -13,6 +13,7 @@
 //! `--disk model|real|mixed` picks the disk (mixed, the default, draws it from the seed).
 
 pub mod app;
+pub mod fault;
 pub mod hash;
 pub mod lincheck;
 pub mod oracle;
