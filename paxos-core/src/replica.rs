@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 pub(crate) type Voter = (NodeId, Incarnation);
 
 /// Deliberately broken behaviours, one per simulator checker, to show the checkers have teeth.
-/// Settable only with the `planted-bugs` feature, which only the `tests` crate (the simulator)
-/// enables.
+/// Settable only with the `planted-bugs` feature, which only the `tests` crate enables (for the
+/// simulator, and through `tools/planted-bugs` for the `chubbyd` of its real-process fault tests).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PlantedBugs {
     /// Acceptors take accepts below their promise.

@@ -69,6 +69,15 @@ pub struct LogConfig {
     pub seed: u64,
     /// Segment size and preallocation of the write-ahead log.
     pub storage: crate::storage::StorageOptions,
+    /// Test knob, 0 in service: this replica's clock runs this many parts per million fast
+    /// (positive) or slow (negative), clamped to [`CLOCK_RATE_PPM_MAX`](crate::clock::CLOCK_RATE_PPM_MAX)
+    /// either way. The driver counts engine ticks on the skewed clock, so a fault harness can run
+    /// one replica's clock outside `settings.clock_drift_ppm` and check that it is caught.
+    pub clock_rate_ppm: i64,
+    /// Deliberately broken engine behaviours, planted in every `Replica` the driver runs (teeth
+    /// tests of real-process fault harnesses only; all off by default).
+    #[cfg(feature = "planted-bugs")]
+    pub planted_bugs: paxos_core::PlantedBugs,
 }
 
 impl LogConfig {
@@ -92,6 +101,9 @@ impl LogConfig {
             submit_timeout: Duration::from_secs(10),
             seed: node.0,
             storage: Default::default(),
+            clock_rate_ppm: 0,
+            #[cfg(feature = "planted-bugs")]
+            planted_bugs: paxos_core::PlantedBugs::default(),
         }
     }
 }

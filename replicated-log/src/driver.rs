@@ -68,6 +68,17 @@ enum Phase {
     Running(Box<Replica>),
 }
 
+impl Phase {
+    /// Every engine the driver runs comes through here (opened, bootstrapped or rebuilt), so the
+    /// configured planted bugs are in each.
+    #[cfg_attr(not(feature = "planted-bugs"), allow(unused_variables, unused_mut))]
+    fn running(config: &LogConfig, mut replica: Replica) -> Phase {
+        #[cfg(feature = "planted-bugs")]
+        replica.plant_bugs(config.planted_bugs);
+        Phase::Running(Box::new(replica))
+    }
+}
+
 /// A submit waiting for its entry to be chosen.
 enum Waiter<O> {
     Submit(SubmitReply<O>),
@@ -126,7 +137,7 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
         applied_through: Slot,
     ) -> Self {
         let phase = match start {
-            Some(replica) => Phase::Running(Box::new(replica)),
+            Some(replica) => Phase::running(&config, replica),
             None => Phase::Probing {
                 empty: BTreeSet::new(),
                 last_ask: None,
@@ -203,8 +214,11 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
     /// Brings the engine's clock level with the wall clock. Done before serving anything, so a
     /// driver that was stalled never acts on a lease its clock has not yet seen run out.
     fn catch_up_ticks(&mut self) {
-        let tick = self.config.tick.as_nanos().max(1);
-        let due = (self.started.elapsed().as_nanos() / tick) as u64;
+        let due = crate::clock::ticks_due(
+            self.started.elapsed(),
+            self.config.tick,
+            self.config.clock_rate_ppm,
+        );
         while self.ticks < due {
             self.ticks += 1;
             match &mut self.phase {
@@ -468,7 +482,7 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
             self.config.settings.clone(),
             self.config.seed,
         );
-        self.phase = Phase::Running(Box::new(replica));
+        self.phase = Phase::running(&self.config, replica);
     }
 
     fn start_rebuild(&mut self) {
@@ -488,7 +502,7 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
             self.config.settings.clone(),
             self.config.seed ^ self.ticks,
         );
-        self.phase = Phase::Running(Box::new(replica));
+        self.phase = Phase::running(&self.config, replica);
     }
 
     // ----- actions -----

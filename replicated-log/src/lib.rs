@@ -92,6 +92,7 @@
 //! ```
 
 pub mod api;
+pub mod clock;
 pub mod storage;
 pub mod tls;
 pub mod transport;

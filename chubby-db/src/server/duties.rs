@@ -17,7 +17,6 @@
 //! When the log stops (`status()` answers `None`), the task stops the client endpoint, so clients
 //! move to another replica instead of waiting on one that no longer applies anything.
 
-use super::handler::wall_clock_ms;
 use super::machine::DatabaseMachine;
 use super::{Shared, Tenure};
 use crate::command::Command;
@@ -63,7 +62,7 @@ pub(crate) async fn run(shared: Arc<Shared>, interval: Duration) {
 async fn announce(shared: &Shared, epoch: &str) -> bool {
     let command = Command::MasterChanged {
         epoch: tenure_epoch(epoch),
-        now_ms: wall_clock_ms(),
+        now_ms: shared.clock.now_ms(),
     };
     match shared.log.submit(command.encode()).await {
         Ok(committed) if committed.epoch.to_string() == epoch => {
@@ -87,7 +86,7 @@ async fn tick_if_due(shared: &Shared) {
         .log
         .read_stale(|m: &DatabaseMachine| m.database().next_deadline_ms())
         .await;
-    let now_ms = wall_clock_ms();
+    let now_ms = shared.clock.now_ms();
     let Ok(Some(deadline)) = deadline else { return };
     if deadline > now_ms {
         return;

@@ -12,7 +12,6 @@ use crate::reply::{QueryError, Rejection, Reply};
 use crate::types::{RequestSeq, SessionId};
 use paxos_core::NodeId;
 use replicated_log::{ReadError, SubmitError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 impl Shared {
     /// The response to a request other than `Subscribe`; `None` when fault injection drops it.
@@ -37,7 +36,7 @@ impl Shared {
     }
 
     async fn open_session(&self, lease_ms: Option<u64>) -> Result<Response, ServerError> {
-        let now_ms = wall_clock_ms();
+        let now_ms = self.clock.now_ms();
         match self
             .submit(Command::OpenSession { now_ms, lease_ms })
             .await?
@@ -56,7 +55,7 @@ impl Shared {
     }
 
     async fn keep_alive(&self, session: SessionId) -> Result<Response, ServerError> {
-        let now_ms = wall_clock_ms();
+        let now_ms = self.clock.now_ms();
         match self.submit(Command::KeepAlive { session, now_ms }).await? {
             Reply::KeptAlive { lease_until_ms } => Ok(Response::KeptAlive {
                 lease_until_ms,
@@ -177,14 +176,4 @@ fn answer_query(db: &Database, query: &Query) -> Result<ReadReply, QueryError> {
 /// A reply of the wrong kind for the command: a bug between server and database.
 fn unexpected(reply: Reply) -> ServerError {
     panic!("the database answered a command with the wrong kind of reply: {reply:?}")
-}
-
-/// Milliseconds since the Unix epoch on this replica's clock: the `now_ms` the master stamps on
-/// the commands that carry time. The database never lets its clock run backwards, so a step back
-/// of the wall clock only delays expiries.
-pub(crate) fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }

@@ -29,6 +29,14 @@ impl DatabaseMachine {
         }
     }
 
+    /// Turns on deliberately broken database behaviours (teeth tests only); they stay planted
+    /// through reset and restore.
+    #[cfg(feature = "planted-bugs")]
+    pub fn with_planted_bugs(mut self, bugs: crate::PlantedBugs) -> DatabaseMachine {
+        self.db.plant_bugs(bugs);
+        self
+    }
+
     /// The database as applied so far on this replica.
     pub fn database(&self) -> &Database {
         &self.db

@@ -19,6 +19,7 @@
 //!   deadline (a lease end or a lock-delay end) is due (see `docs/chubby-db.md`, "The server").
 
 mod admin;
+mod clock;
 mod duties;
 mod events;
 mod handler;
@@ -73,6 +74,10 @@ pub struct ServerConfig {
     /// verify). Off by default: the operator opts in explicitly.
     pub allow_clients_without_certificate: bool,
     pub duty_interval: Duration,
+    /// Deliberately broken database behaviours, planted in this replica's [`Database`](crate::Database)
+    /// (teeth tests of real-process fault harnesses only; all off by default).
+    #[cfg(feature = "planted-bugs")]
+    pub planted_bugs: crate::PlantedBugs,
 }
 
 impl ServerConfig {
@@ -92,6 +97,8 @@ impl ServerConfig {
             database: Config::default(),
             allow_clients_without_certificate: false,
             duty_interval: DUTY_INTERVAL_DEFAULT,
+            #[cfg(feature = "planted-bugs")]
+            planted_bugs: crate::PlantedBugs::default(),
         }
     }
 }
@@ -121,6 +128,8 @@ pub(crate) struct Shared {
     cluster: ClusterId,
     client_addresses: BTreeMap<NodeId, SocketAddr>,
     lease_ms_default: u64,
+    /// The clock commands are stamped with: the log's, skewed alike by `LogConfig::clock_rate_ppm`.
+    clock: clock::ReplicaClock,
     tenure: Mutex<Tenure>,
     #[cfg(feature = "fault-injection")]
     replies_to_drop: std::sync::atomic::AtomicUsize,
@@ -168,6 +177,9 @@ impl Server {
 
         let hub = Arc::new(EventHub::new());
         let machine = DatabaseMachine::new(config.database.clone(), hub.clone());
+        #[cfg(feature = "planted-bugs")]
+        let machine = machine.with_planted_bugs(config.planted_bugs);
+        let clock = clock::ReplicaClock::new(config.log.clock_rate_ppm);
         let log = Log::open_quic(
             config.log.clone(),
             machine,
@@ -190,6 +202,7 @@ impl Server {
             cluster: config.log.cluster,
             client_addresses: config.client_addresses,
             lease_ms_default: config.database.lease_ms_default,
+            clock,
             tenure: Mutex::new(Tenure::default()),
             #[cfg(feature = "fault-injection")]
             replies_to_drop: Default::default(),

@@ -70,6 +70,10 @@ struct Settings {
     /// Log format: text for people, json for collectors. Filter with RUST_LOG (default info).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Test knob: this replica's clock runs PPM parts per million fast (positive) or slow
+    /// (negative), clamped to ±500000. For fault harnesses only; hidden from --help.
+    #[arg(long, hide = true, value_name = "PPM", allow_negative_numbers = true)]
+    test_clock_rate_ppm: Option<i64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -131,6 +135,7 @@ impl Settings {
             allow_clients_without_certificate: self.allow_clients_without_certificate
                 || file.allow_clients_without_certificate,
             log_format: self.log_format.or(file.log_format),
+            test_clock_rate_ppm: self.test_clock_rate_ppm.or(file.test_clock_rate_ppm),
         })
     }
 }
@@ -144,6 +149,13 @@ fn main() -> ExitCode {
         }
     };
     init_logging(settings.log_format.unwrap_or_default());
+    let bugs = match planted_bugs_from_env() {
+        Ok(bugs) => bugs,
+        Err(error) => {
+            eprintln!("chubbyd: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -151,7 +163,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(settings)) {
+    match runtime.block_on(run(settings, bugs)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error}");
@@ -179,7 +191,7 @@ fn required<T>(value: Option<T>, flag: &str) -> Result<T, String> {
     value.ok_or_else(|| format!("--{flag} is required (or `{flag}` in the --config file)"))
 }
 
-async fn run(settings: Settings) -> Result<(), String> {
+async fn run(settings: Settings, bugs: PlantedBugs) -> Result<(), String> {
     let cluster_text = required(settings.cluster.clone(), "cluster")?;
     let cluster = u64::from_str_radix(cluster_text.trim_start_matches("0x"), 16)
         .map(ClusterId)
@@ -218,8 +230,18 @@ async fn run(settings: Settings) -> Result<(), String> {
     if let Some(ppm) = settings.clock_drift_ppm {
         log.settings.clock_drift_ppm = ppm;
     }
+    if let Some(ppm) = settings.test_clock_rate_ppm {
+        log.clock_rate_ppm = ppm;
+        if ppm != 0 {
+            tracing::warn!(
+                clock_rate_ppm = ppm,
+                "TEST KNOB: this replica's clock is skewed on purpose (--test-clock-rate-ppm)"
+            );
+        }
+    }
     let mut config = ServerConfig::new(log, tls, me.peer, me.client, clients);
     config.allow_clients_without_certificate = settings.allow_clients_without_certificate;
+    bugs.plant(&mut config);
 
     let server = Server::start(config).await.map_err(|e| e.to_string())?;
     tracing::info!(%node, %cluster, peers = %me.peer, clients = %me.client, data_dir = %data_dir.display(), "replica started");
@@ -255,5 +277,257 @@ async fn wait_for_stop_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// The environment variable that names the bugs to plant: a comma-separated list of field names
+/// of `paxos_core::PlantedBugs` and `chubby_db::PlantedBugs`.
+const PLANTED_BUGS_ENV: &str = "CHUBBYD_PLANTED_BUGS";
+
+/// Deliberately broken behaviours for real-process teeth tests, in the engine and the database.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct PlantedBugs {
+    engine: paxos_core::PlantedBugs,
+    database: chubby_db::PlantedBugs,
+    /// The names planted, each once, in the order given.
+    names: Vec<&'static str>,
+}
+
+/// Sets one bug's field.
+type Plant = fn(&mut PlantedBugs);
+
+/// Every bug `CHUBBYD_PLANTED_BUGS` may name (the field names), and how to plant it.
+const PLANTED_BUGS: &[(&str, Plant)] = &[
+    ("acceptor_ignores_ballot", |b| {
+        b.engine.acceptor_ignores_ballot = true
+    }),
+    ("learn_ignores_ballot", |b| {
+        b.engine.learn_ignores_ballot = true
+    }),
+    ("lease_without_drift_margin", |b| {
+        b.engine.lease_without_drift_margin = true
+    }),
+    ("read_ignores_lease", |b| b.engine.read_ignores_lease = true),
+    ("ack_before_chosen", |b| b.engine.ack_before_chosen = true),
+    ("keep_proposals_across_epochs", |b| {
+        b.engine.keep_proposals_across_epochs = true
+    }),
+    ("rebuild_votes_at_once", |b| {
+        b.engine.rebuild_votes_at_once = true
+    }),
+    ("ignore_catch_up", |b| b.engine.ignore_catch_up = true),
+    ("ignore_lock_delay", |b| b.database.ignore_lock_delay = true),
+    ("check_sequencer_ignores_generation", |b| {
+        b.database.check_sequencer_ignores_generation = true
+    }),
+    ("forget_replies", |b| b.database.forget_replies = true),
+];
+
+/// The bugs `CHUBBYD_PLANTED_BUGS` names; none when it is unset.
+fn planted_bugs_from_env() -> Result<PlantedBugs, String> {
+    match std::env::var(PLANTED_BUGS_ENV) {
+        Ok(list) => planted_bugs(&list),
+        Err(std::env::VarError::NotPresent) => Ok(PlantedBugs::default()),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(format!("{PLANTED_BUGS_ENV} is not valid UTF-8"))
+        }
+    }
+}
+
+/// The bugs a `CHUBBYD_PLANTED_BUGS` value names. A chubbyd built without the `planted-bugs`
+/// feature refuses any: a teeth test must never pass by running a correct binary unknowingly.
+fn planted_bugs(list: &str) -> Result<PlantedBugs, String> {
+    if !cfg!(feature = "planted-bugs") && !list.trim().is_empty() {
+        return Err(format!(
+            "{PLANTED_BUGS_ENV}=`{list}`, but this chubbyd was built without the planted-bugs \
+             feature (build it with `--features tools/planted-bugs`, as `cargo test --workspace` \
+             does through the tests crate, or unset {PLANTED_BUGS_ENV})"
+        ));
+    }
+    PlantedBugs::parse(list)
+}
+
+impl PlantedBugs {
+    /// Parses a comma-separated list of bug names; blanks around names and empty items are
+    /// ignored, so an empty list plants nothing.
+    fn parse(list: &str) -> Result<PlantedBugs, String> {
+        let mut bugs = PlantedBugs::default();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let Some((known, plant)) = PLANTED_BUGS.iter().find(|(known, _)| *known == name) else {
+                let valid: Vec<&str> = PLANTED_BUGS.iter().map(|(known, _)| *known).collect();
+                return Err(format!(
+                    "{PLANTED_BUGS_ENV}: unknown planted bug `{name}`; valid names: {}",
+                    valid.join(", ")
+                ));
+            };
+            plant(&mut bugs);
+            if !bugs.names.contains(known) {
+                bugs.names.push(known);
+            }
+        }
+        Ok(bugs)
+    }
+
+    /// Puts the bugs in the server's configuration, loudly.
+    #[cfg(feature = "planted-bugs")]
+    fn plant(&self, config: &mut ServerConfig) {
+        if self.names.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            bugs = %self.names.join(","),
+            "PLANTED BUGS: this replica is deliberately broken ({PLANTED_BUGS_ENV}); for teeth \
+             tests only, never for service"
+        );
+        config.log.planted_bugs = self.engine;
+        config.planted_bugs = self.database;
+    }
+
+    /// Without the feature `planted_bugs` refuses every bug, so there is none to plant.
+    #[cfg(not(feature = "planted-bugs"))]
+    fn plant(&self, _config: &mut ServerConfig) {
+        assert_eq!(
+            *self,
+            PlantedBugs::default(),
+            "planted bugs without the feature"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_list_plants_nothing() {
+        assert_eq!(PlantedBugs::parse(""), Ok(PlantedBugs::default()));
+        assert_eq!(PlantedBugs::parse(" , ,"), Ok(PlantedBugs::default()));
+        assert_eq!(planted_bugs(""), Ok(PlantedBugs::default()));
+        assert_eq!(planted_bugs("  "), Ok(PlantedBugs::default()));
+    }
+
+    #[test]
+    fn names_from_both_structs_plant_their_fields() {
+        let bugs = PlantedBugs::parse(
+            "read_ignores_lease, ack_before_chosen,lease_without_drift_margin,ignore_lock_delay,\
+             read_ignores_lease",
+        )
+        .expect("valid names");
+        let engine = paxos_core::PlantedBugs {
+            read_ignores_lease: true,
+            ack_before_chosen: true,
+            lease_without_drift_margin: true,
+            ..Default::default()
+        };
+        let database = chubby_db::PlantedBugs {
+            ignore_lock_delay: true,
+            ..Default::default()
+        };
+        assert_eq!(bugs.engine, engine);
+        assert_eq!(bugs.database, database);
+        assert_eq!(
+            bugs.names,
+            [
+                "read_ignores_lease",
+                "ack_before_chosen",
+                "lease_without_drift_margin",
+                "ignore_lock_delay"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_name_is_refused_with_the_valid_names() {
+        let error = PlantedBugs::parse("read_ignores_lease,no_such_bug").unwrap_err();
+        assert!(error.contains("`no_such_bug`"), "{error}");
+        for (name, _) in PLANTED_BUGS {
+            assert!(error.contains(name), "{error} does not list {name}");
+        }
+        // Names are the field names exactly: not the simulator's `--bug` spelling.
+        assert!(PlantedBugs::parse("read-ignores-lease").is_err());
+    }
+
+    /// Every field of both structs has a name (this stops compiling when a field is added).
+    #[test]
+    fn every_planted_bug_has_a_name() {
+        let all = PLANTED_BUGS
+            .iter()
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>();
+        let bugs = PlantedBugs::parse(&all.join(",")).expect("every name is valid");
+        let paxos_core::PlantedBugs {
+            acceptor_ignores_ballot,
+            learn_ignores_ballot,
+            lease_without_drift_margin,
+            read_ignores_lease,
+            ack_before_chosen,
+            keep_proposals_across_epochs,
+            rebuild_votes_at_once,
+            ignore_catch_up,
+        } = bugs.engine;
+        let chubby_db::PlantedBugs {
+            ignore_lock_delay,
+            check_sequencer_ignores_generation,
+            forget_replies,
+        } = bugs.database;
+        assert!(
+            acceptor_ignores_ballot
+                && learn_ignores_ballot
+                && lease_without_drift_margin
+                && read_ignores_lease
+                && ack_before_chosen
+                && keep_proposals_across_epochs
+                && rebuild_votes_at_once
+                && ignore_catch_up
+                && ignore_lock_delay
+                && check_sequencer_ignores_generation
+                && forget_replies
+        );
+        assert_eq!(bugs.names, all);
+    }
+
+    #[cfg(feature = "planted-bugs")]
+    #[test]
+    fn with_the_feature_named_bugs_are_planted() {
+        let bugs = planted_bugs("ignore_lock_delay").expect("valid name");
+        assert!(bugs.database.ignore_lock_delay);
+    }
+
+    #[cfg(not(feature = "planted-bugs"))]
+    #[test]
+    fn without_the_feature_any_bug_is_refused() {
+        let error = planted_bugs("ignore_lock_delay").unwrap_err();
+        assert!(
+            error.contains("this chubbyd was built without the planted-bugs feature"),
+            "{error}"
+        );
+        assert!(planted_bugs("no_such_bug").is_err());
+    }
+
+    #[test]
+    fn the_clock_rate_flag_takes_negative_values_and_wins_over_the_file() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let file = dir.path().join("chubbyd.toml");
+        std::fs::write(&file, "test-clock-rate-ppm = 150000\n").expect("config file");
+        let file = file.to_str().expect("a UTF-8 path");
+
+        let from_file = Settings::try_parse_from(["chubbyd", "--config", file])
+            .expect("flags")
+            .merged()
+            .expect("config file");
+        assert_eq!(from_file.test_clock_rate_ppm, Some(150_000));
+
+        let flag = [
+            "chubbyd",
+            "--config",
+            file,
+            "--test-clock-rate-ppm",
+            "-200000",
+        ];
+        let from_flag = Settings::try_parse_from(flag)
+            .expect("negative values are allowed")
+            .merged()
+            .expect("config file");
+        assert_eq!(from_flag.test_clock_rate_ppm, Some(-200_000));
     }
 }
