@@ -63,6 +63,10 @@ struct Settings {
     /// The most a clock may drift from true time, in parts per million (shortens the master lease).
     #[arg(long)]
     clock_drift_ppm: Option<u64>,
+    /// Take a snapshot of the database and truncate the log every this many applied slots
+    /// (default 100000).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_every: Option<u64>,
     /// Accept clients that present no certificate (off by default).
     #[arg(long)]
     #[serde(default)]
@@ -132,6 +136,7 @@ impl Settings {
             join: self.join || file.join,
             tick_ms: self.tick_ms.or(file.tick_ms),
             clock_drift_ppm: self.clock_drift_ppm.or(file.clock_drift_ppm),
+            snapshot_every: self.snapshot_every.or(file.snapshot_every),
             allow_clients_without_certificate: self.allow_clients_without_certificate
                 || file.allow_clients_without_certificate,
             log_format: self.log_format.or(file.log_format),
@@ -226,6 +231,9 @@ async fn run(settings: Settings, bugs: PlantedBugs) -> Result<(), String> {
     }
     if let Some(tick) = settings.tick_ms {
         log.tick = Duration::from_millis(tick.max(1));
+    }
+    if let Some(slots) = settings.snapshot_every {
+        log.snapshot_every_slots = slots;
     }
     if let Some(ppm) = settings.clock_drift_ppm {
         log.settings.clock_drift_ppm = ppm;
