@@ -32,6 +32,10 @@ pub struct PlantedBugs {
     pub check_sequencer_ignores_generation: bool,
     /// A MultiOp finds no cached reply for its `(session, seq)`: a retry runs again.
     pub forget_replies: bool,
+    /// The server answers linearizable reads from whatever this replica has applied, on any
+    /// replica, without the master's lease (a read that should go through the lease reads stale).
+    /// Only the real server honours it (`server::handler`); the database itself is unchanged.
+    pub stale_linearizable_reads: bool,
 }
 
 /// The Chubby-style database and lock service as a deterministic state machine.

@@ -89,6 +89,12 @@ impl Shared {
             let db = machine.database();
             (db.applied(), answer_query(db, &query))
         };
+        #[cfg(feature = "planted-bugs")]
+        let consistency = if self.stale_linearizable_reads {
+            Consistency::Stale
+        } else {
+            consistency
+        };
         let answered = match consistency {
             Consistency::Linearizable => self.log.read(answer).await,
             Consistency::Stale => self.log.read_stale(answer).await,

@@ -131,6 +131,9 @@ pub(crate) struct Shared {
     /// The clock commands are stamped with: the log's, skewed alike by `LogConfig::clock_rate_ppm`.
     clock: clock::ReplicaClock,
     tenure: Mutex<Tenure>,
+    /// The planted bug `stale_linearizable_reads` (teeth tests only).
+    #[cfg(feature = "planted-bugs")]
+    stale_linearizable_reads: bool,
     #[cfg(feature = "fault-injection")]
     replies_to_drop: std::sync::atomic::AtomicUsize,
 }
@@ -196,6 +199,8 @@ impl Server {
             }
         };
         let shared = Arc::new(Shared {
+            #[cfg(feature = "planted-bugs")]
+            stale_linearizable_reads: config.planted_bugs.stale_linearizable_reads,
             log,
             hub,
             endpoint: endpoint.clone(),

@@ -42,7 +42,7 @@ struct Args {
     #[arg(long)]
     no_combine: bool,
     /// Plant bugs in every replica (the binary must be built with the `planted-bugs` feature,
-    /// as `cargo test --workspace` builds it): e.g. ack_before_chosen, read_ignores_lease.
+    /// as `cargo test --workspace` builds it): e.g. stale_linearizable_reads.
     #[arg(long)]
     bug: Option<String>,
     /// Run a suite instead of one run.
@@ -278,14 +278,11 @@ fn run_suite(suite: Suite, args: &Args) -> u8 {
             ));
         }
         Suite::Teeth => {
-            let mut ack = short(5, "teeth-ack", 3, &[Partition], 40);
-            ack.planted_bugs = "ack_before_chosen".into();
-            plans.push(("planted bug: acknowledge before chosen".into(), ack, false));
-            let mut lease = short(6, "teeth-lease", 3, &[Pause], 40);
-            lease.planted_bugs = "read_ignores_lease".into();
+            let mut reads = short(5, "teeth-stale-reads", 3, &[Partition, Pause], 30);
+            reads.planted_bugs = "stale_linearizable_reads".into();
             plans.push((
-                "planted bug: lease reads without a lease".into(),
-                lease,
+                "planted bug: linearizable reads answered stale, on any replica".into(),
+                reads,
                 false,
             ));
         }

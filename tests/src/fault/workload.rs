@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 pub struct WorkloadOptions {
     /// Clients reading, writing and compare-and-setting single registers.
     pub register_clients: u64,
+    /// Clients that only read the registers (a cache, a monitor): they stay on a replica for as
+    /// long as it answers, so they are the ones that see a replica that answers when it must not.
+    pub reader_clients: u64,
     pub register_keys: u64,
     /// Clients running MultiOp transactions over the transaction keys (kept apart from the
     /// registers so that the checker's per-key partitions stay small).
@@ -37,6 +40,7 @@ impl Default for WorkloadOptions {
     fn default() -> WorkloadOptions {
         WorkloadOptions {
             register_clients: 4,
+            reader_clients: 2,
             register_keys: 6,
             txn_clients: 2,
             txn_keys: 3,
@@ -324,7 +328,7 @@ pub fn spawn_clients(
         let rng = Rng::new(seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         tokio::spawn(async move {
             match kind {
-                Kind::Register | Kind::Txn => {
+                Kind::Register | Kind::Reader | Kind::Txn => {
                     data_client(id, kind, config, options, rng, recorder).await
                 }
                 Kind::Lock => lock_client(id, config, rng, recorder).await,
@@ -333,6 +337,9 @@ pub fn spawn_clients(
     };
     for _ in 0..options.register_clients {
         tasks.push(next(Kind::Register));
+    }
+    for _ in 0..options.reader_clients {
+        tasks.push(next(Kind::Reader));
     }
     for _ in 0..options.txn_clients {
         tasks.push(next(Kind::Txn));
@@ -346,6 +353,7 @@ pub fn spawn_clients(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Register,
+    Reader,
     Txn,
     Lock,
 }
@@ -378,7 +386,7 @@ async fn data_client(
     recorder: Arc<Recorder>,
 ) {
     let keys: Vec<Key> = match kind {
-        Kind::Register => (0..options.register_keys)
+        Kind::Register | Kind::Reader => (0..options.register_keys)
             .map(WorkloadOptions::register_key)
             .collect(),
         _ => (0..options.txn_keys)
@@ -397,6 +405,9 @@ async fn data_client(
                 return;
             }
             let input = match kind {
+                Kind::Reader => Input::Read {
+                    key: pick(&mut rng, &keys).clone(),
+                },
                 Kind::Register => {
                     let key = pick(&mut rng, &keys).clone();
                     match rng.below(10) {

@@ -329,6 +329,9 @@ const PLANTED_BUGS: &[(&str, Plant)] = &[
         b.database.check_sequencer_ignores_generation = true
     }),
     ("forget_replies", |b| b.database.forget_replies = true),
+    ("stale_linearizable_reads", |b| {
+        b.database.stale_linearizable_reads = true
+    }),
 ];
 
 /// The bugs `CHUBBYD_PLANTED_BUGS` names; none when it is unset.
@@ -477,6 +480,7 @@ mod tests {
             ignore_lock_delay,
             check_sequencer_ignores_generation,
             forget_replies,
+            stale_linearizable_reads,
         } = bugs.database;
         assert!(
             acceptor_ignores_ballot
@@ -490,6 +494,7 @@ mod tests {
                 && ignore_lock_delay
                 && check_sequencer_ignores_generation
                 && forget_replies
+                && stale_linearizable_reads
         );
         assert_eq!(bugs.names, all);
     }
