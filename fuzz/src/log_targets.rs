@@ -21,7 +21,7 @@ use replicated_log::storage::{
 use replicated_log::transport::frame;
 use replicated_log::transport::limits::FRAME_BYTES_MAX;
 use replicated_log::transport::quic::protocol::{
-    Hello, SnapshotHeader, StreamKind, CONTROL_FRAME_BYTES_MAX, PROTOCOL_VERSION,
+    BootNonce, Hello, SnapshotHeader, StreamKind, CONTROL_FRAME_BYTES_MAX, PROTOCOL_VERSION,
 };
 use replicated_log::transport::quic::snapshot::{read_snapshot, write_snapshot};
 use replicated_log::wire::{ClusterId, PeerMessage};
@@ -413,6 +413,7 @@ pub fn seeds() -> Vec<Seed> {
         version: PROTOCOL_VERSION,
         cluster: CLUSTER,
         node: NODE,
+        boot: BootNonce(0x0123_4567_89ab_cdef),
         stream: StreamKind::Snapshot { min_slot: Slot(9) },
     };
     seeds.push((

@@ -1,12 +1,12 @@
 //! QuicTransport over loopback with freshly generated certificates: delivery both ways, reconnect
-//! after a restart, refusal of unauthenticated or lying peers, decode errors, snapshot transfer.
+//! after a restart (orderly, or killed and restarted on the same address), refusal of unauthenticated or lying peers, decode errors, snapshot transfer.
 
 use paxos_core::{Incarnation, NodeId, Slot};
 use replicated_log::tls::{self, ClientAuth, DevCa, Identity};
 use replicated_log::transport::frame;
 use replicated_log::transport::limits::FRAME_BYTES_MAX;
 use replicated_log::transport::quic::protocol::{
-    codes, Hello, StreamKind, CONTROL_FRAME_BYTES_MAX, PROTOCOL_VERSION,
+    codes, BootNonce, Hello, StreamKind, CONTROL_FRAME_BYTES_MAX, PROTOCOL_VERSION,
 };
 use replicated_log::transport::quic::snapshot::write_snapshot;
 use replicated_log::transport::{
@@ -79,8 +79,18 @@ fn tagged(tag: u64) -> PeerMessage {
 /// Sends `tag` from `from` to `to` until it arrives (messages sent before the connection is up
 /// are dropped by design); returns who the receiver says sent it.
 async fn deliver(from: &QuicTransport, to: &mut Node, tag: u64) -> NodeId {
+    deliver_within(from, to, tag, PATIENCE).await
+}
+
+/// [`deliver`], failing when `tag` has not arrived within `patience`.
+async fn deliver_within(
+    from: &QuicTransport,
+    to: &mut Node,
+    tag: u64,
+    patience: Duration,
+) -> NodeId {
     let message = tagged(tag);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let deadline = tokio::time::Instant::now() + patience;
     loop {
         from.send(to.transport.node(), message.clone());
         let wait = tokio::time::timeout(Duration::from_millis(100), async {
@@ -96,7 +106,7 @@ async fn deliver(from: &QuicTransport, to: &mut Node, tag: u64) -> NodeId {
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "message {tag} never arrived"
+            "message {tag} did not arrive within {patience:?}"
         );
     }
 }
@@ -138,6 +148,7 @@ fn hello(node: u64, stream: StreamKind) -> Vec<u8> {
         version: PROTOCOL_VERSION,
         cluster: CLUSTER,
         node: NodeId(node),
+        boot: BootNonce(node),
         stream,
     };
     frame::encode(&hello, CONTROL_FRAME_BYTES_MAX).unwrap()
@@ -272,6 +283,122 @@ async fn a_restarted_peer_is_reconnected() {
     one.transport.remove_peer(NodeId(2));
     one.transport.send(NodeId(2), tagged(5));
     assert_quiet(&mut two.inbound).await;
+    one.transport.shutdown().await;
+    two.transport.shutdown().await;
+}
+
+/// A node whose transport runs on a runtime of its own, so that it can die like a process killed
+/// with SIGKILL, without a packet (no CONNECTION_CLOSE) reaching its peers: see [`Killable::kill`].
+struct Killable {
+    node: Node,
+    /// `None` once killed.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Killable {
+    fn start(ca: &DevCa, node: u64, peers: BTreeMap<NodeId, SocketAddr>) -> Killable {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let node = {
+            let _entered = runtime.enter();
+            start(ca, node, loopback(), peers, Arc::new(NoSnapshots)).unwrap()
+        };
+        Killable {
+            node,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// Stops the runtime and waits until its tasks (quinn's connection drivers among them) are
+    /// dropped; only then is the transport handle dropped, whose close has no driver left to send
+    /// it, and the socket released. (Dropping the handle while the runtime winds down in the
+    /// background lets the close out, and the peer learns of the death at once.)
+    async fn kill(mut self) {
+        let runtime = self.runtime.take().expect("killed once");
+        tokio::task::spawn_blocking(move || runtime.shutdown_timeout(PATIENCE))
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for Killable {
+    fn drop(&mut self) {
+        // Only when a test fails before `kill`: a runtime may not be dropped in async code.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Starts node `id` on `addr`, waiting for the socket of its previous run to be released.
+async fn restart(
+    ca: &DevCa,
+    id: u64,
+    addr: SocketAddr,
+    peers: &BTreeMap<NodeId, SocketAddr>,
+) -> Node {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match start(ca, id, addr, peers.clone(), Arc::new(NoSnapshots)) {
+            Ok(node) => return node,
+            Err(TransportError::AddressInUse { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("restart failed: {error}"),
+        }
+    }
+}
+
+/// A peer killed without a word and restarted on its address is reached again at once, not after
+/// the idle timeout: its new keys make its stateless resets unrecognizable, so QUIC alone would
+/// keep node 1's connection to the dead process up until then. The restarted node's hello
+/// carries a new boot nonce, on which node 1 drops that connection and reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_killed_and_restarted_on_its_address_is_reached_at_once() {
+    const PROMPTLY: Duration = Duration::from_millis(1500);
+    assert!(PROMPTLY < limits().idle_timeout);
+    let ca = DevCa::generate(CLUSTER).unwrap();
+    let mut one = start(&ca, 1, loopback(), BTreeMap::new(), Arc::new(NoSnapshots)).unwrap();
+    let peers_of_two = BTreeMap::from([(NodeId(1), one.transport.local_addr())]);
+    let mut two = Killable::start(&ca, 2, peers_of_two.clone());
+    let addr2 = two.node.transport.local_addr();
+    one.transport.add_peer(NodeId(2), addr2);
+    assert_eq!(deliver(&one.transport, &mut two.node, 1).await, NodeId(1));
+    assert_eq!(deliver(&two.node.transport, &mut one, 2).await, NodeId(2));
+
+    two.kill().await;
+
+    let restarted = tokio::time::Instant::now();
+    let mut two = restart(&ca, 2, addr2, &peers_of_two).await;
+    assert_eq!(
+        deliver_within(&one.transport, &mut two, 3, PROMPTLY).await,
+        NodeId(1)
+    );
+    assert_eq!(deliver(&two.transport, &mut one, 4).await, NodeId(2));
+    eprintln!("reached again {:?} after the kill", restarted.elapsed());
+    assert_eq!(one.transport.metrics().reconnects, 1);
+
+    // More hellos of the same runs (snapshot requests both ways) reconnect nothing.
+    let dir = tempfile::tempdir().unwrap();
+    for (from, to) in [(&one.transport, NodeId(2)), (&two.transport, NodeId(1))] {
+        let error = from
+            .fetch_snapshot(to, Slot(1), dir.path().join("none"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, TransportError::NoSnapshot { .. }),
+            "{error}"
+        );
+    }
+    assert_eq!(deliver(&one.transport, &mut two, 5).await, NodeId(1));
+    assert_eq!(deliver(&two.transport, &mut one, 6).await, NodeId(2));
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(one.transport.metrics().reconnects, 1);
+    assert_eq!(two.transport.metrics().reconnects, 0);
+    assert!(one.transport.is_connected(NodeId(2)) && two.transport.is_connected(NodeId(1)));
     one.transport.shutdown().await;
     two.transport.shutdown().await;
 }

@@ -24,8 +24,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connection that hears nothing for this long is dead; keep-alives keep idle peers connected.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// A peer restarted on its address is noticed sooner, by the boot nonce of its hello; this is for
+/// a peer that went silent without coming back (crash, partition), whose messages meanwhile go
+/// into a connection that looks up. Five keep-alives fit in it, so only a silence of seconds,
+/// not a lost packet or two, ends a connection. Unrelated to election and lease timing: Paxos
+/// retransmits whatever a dead connection swallowed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Snapshot files travel in chunks of at most this many bytes, each with its own crc32.
 pub const SNAPSHOT_CHUNK_BYTES: u32 = 64 * 1024;

@@ -1,10 +1,17 @@
 //! The incoming half: accept connections (the TLS handshake has already required a certificate
 //! signed by the cluster CA), then for each stream read the hello, check that the certificate
 //! proves the claimed node, and either forward its messages or serve a snapshot.
+//!
+//! A checked hello whose boot nonce differs from the last one seen from its node means that node
+//! restarted: the outgoing connection to it, if older than the incoming one that brought the news,
+//! goes to the dead process and is closed so that its task reconnects. A connection made after the
+//! restart is kept, and an unchanged nonce does nothing, so this cannot loop.
 
-use super::protocol::{codes, Hello, StreamKind, CONTROL_FRAME_BYTES_MAX, PROTOCOL_VERSION};
+use super::protocol::{
+    codes, BootNonce, Hello, StreamKind, CONTROL_FRAME_BYTES_MAX, PROTOCOL_VERSION,
+};
 use super::snapshot::write_snapshot;
-use super::QuicLimits;
+use super::{Links, QuicLimits};
 use crate::tls;
 use crate::transport::frame;
 use crate::transport::metrics::{bump, Counters};
@@ -12,10 +19,13 @@ use crate::transport::{InboundSender, SnapshotSource};
 use crate::wire::{ClusterId, Inbound, PeerMessage};
 use paxos_core::NodeId;
 use rustls_pki_types::CertificateDer;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// What the per-connection and per-stream tasks share. Holds no endpoint, so the socket closes as
-/// soon as the transport drops its own handles.
+/// soon as the transport drops its own handles (the peers' tasks in `links`, which do hold it, are
+/// stopped when the transport stops).
 pub(super) struct Shared {
     pub node: NodeId,
     pub cluster: ClusterId,
@@ -23,6 +33,22 @@ pub(super) struct Shared {
     pub counters: Arc<Counters>,
     pub inbound: InboundSender,
     pub snapshots: Arc<dyn SnapshotSource>,
+    /// The outgoing side, to close a connection to a peer that restarted.
+    pub links: Arc<Links>,
+    pub boots: Mutex<BootNonces>,
+}
+
+/// The boot nonce last seen from each node, in hellos that passed the identity check.
+#[derive(Debug, Default)]
+pub(super) struct BootNonces(BTreeMap<NodeId, BootNonce>);
+
+impl BootNonces {
+    /// Records `boot` as the nonce of `node`. True when it replaces a different one: the node
+    /// restarted. The first nonce of a node says nothing (this transport may be the one that
+    /// restarted), and the same nonce again is one more stream of the same run.
+    pub fn handle_hello(&mut self, node: NodeId, boot: BootNonce) -> bool {
+        self.0.insert(node, boot).is_some_and(|last| last != boot)
+    }
 }
 
 pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
@@ -36,6 +62,8 @@ pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
 struct Peer {
     connection: quinn::Connection,
     certificate: CertificateDer<'static>,
+    /// When the handshake completed: the peer's process was running by then.
+    established: Instant,
 }
 
 async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
@@ -67,6 +95,7 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
     let peer = Peer {
         connection,
         certificate,
+        established: Instant::now(),
     };
     loop {
         tokio::select! {
@@ -125,7 +154,10 @@ async fn read_hello(shared: &Shared, peer: &Peer, recv: &mut quinn::RecvStream) 
         }
     };
     match check_hello(shared, &peer.certificate, &hello) {
-        Ok(()) => Some(hello),
+        Ok(()) => {
+            handle_boot(shared, peer, &hello);
+            Some(hello)
+        }
         Err((code, why)) => {
             refuse(shared, peer, code, &why);
             None
@@ -155,6 +187,20 @@ fn check_hello(
     }
     tls::verify_node(certificate, shared.cluster, hello.node)
         .map_err(|error| (codes::IDENTITY_REFUSED, error.to_string()))
+}
+
+/// Closes the stale outgoing connection to the hello's node if the hello shows that it restarted.
+/// Only called for hellos whose node the certificate proved, so no one else can force reconnects.
+fn handle_boot(shared: &Shared, peer: &Peer, hello: &Hello) {
+    let restarted = shared
+        .boots
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .handle_hello(hello.node, hello.boot);
+    if restarted {
+        let closed = shared.links.close_stale(hello.node, peer.established);
+        tracing::info!(peer = hello.node.0, closed, "peer restarted");
+    }
 }
 
 fn refuse(shared: &Shared, peer: &Peer, code: u32, why: &str) {
@@ -268,4 +314,27 @@ async fn open(
     // The length of the opened file: a snapshot replaced meanwhile does not change it.
     let bytes = file.metadata().await.map_err(error)?.len();
     Ok((file, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_changed_boot_nonce_is_a_restart() {
+        let mut boots = BootNonces::default();
+        let (two, three) = (NodeId(2), NodeId(3));
+        assert!(!boots.handle_hello(two, BootNonce(7)), "a first nonce");
+        assert!(!boots.handle_hello(two, BootNonce(7)), "the same run");
+        assert!(
+            !boots.handle_hello(three, BootNonce(8)),
+            "another node's first"
+        );
+        assert!(boots.handle_hello(two, BootNonce(9)), "a new run");
+        assert!(
+            !boots.handle_hello(two, BootNonce(9)),
+            "then the same run again"
+        );
+        assert!(boots.handle_hello(two, BootNonce(7)), "any change counts");
+    }
 }

@@ -9,6 +9,9 @@
 //!   handshake refuses others); every stream then opens with a [`Hello`] whose claimed node the
 //!   certificate must prove. Messages go to the inbound channel as `Inbound { from, message }`.
 //! - Snapshots travel on a bidirectional stream of their own, in checksummed chunks ([`snapshot`]).
+//! - Every hello carries the sender's [`BootNonce`]. A node killed and restarted on the same
+//!   address is noticed by the new nonce in its first hello, and the outgoing connection to its
+//!   previous run is closed at once instead of lingering until the idle timeout.
 //!
 //! Frames are `u32 LE length | postcard` ([`crate::transport::frame`]), at most
 //! [`QuicLimits::frame_bytes_max`]; a frame that does not decode is counted and closes its stream.
@@ -24,7 +27,7 @@ mod peer;
 pub mod protocol;
 pub mod snapshot;
 
-pub use protocol::{Hello, SnapshotHeader, StreamKind};
+pub use protocol::{BootNonce, Hello, SnapshotHeader, StreamKind};
 
 use super::limits;
 use super::metrics::{bump, Counters};
@@ -33,6 +36,7 @@ use crate::tls::{self, ClientAuth, TlsMaterial};
 use crate::transport::frame;
 use crate::wire::{ClusterId, PeerMessage};
 use paxos_core::{NodeId, Slot};
+use peer::Outbound;
 use protocol::{codes, CONTROL_FRAME_BYTES_MAX, PROTOCOL_VERSION};
 use snapshot::SnapshotStreamError;
 use std::collections::BTreeMap;
@@ -42,7 +46,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -132,22 +136,29 @@ pub struct QuicTransport {
 struct Inner {
     node: NodeId,
     cluster: ClusterId,
+    /// Drawn at start; sent in every hello.
+    boot: BootNonce,
     local_addr: SocketAddr,
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
     limits: QuicLimits,
     counters: Arc<Counters>,
     runtime: tokio::runtime::Handle,
-    peers: Mutex<BTreeMap<NodeId, PeerHandle>>,
+    peers: Arc<Links>,
     accept_task: Mutex<Option<JoinHandle<()>>>,
     shut_down: AtomicBool,
 }
+
+/// The peers' tasks by node, shared with the accept side so that it can close a connection to a
+/// peer that restarted.
+#[derive(Default)]
+struct Links(Mutex<BTreeMap<NodeId, PeerHandle>>);
 
 /// The transport's side of one peer's task. Dropping it stops the task.
 struct PeerHandle {
     addr: SocketAddr,
     queue: mpsc::Sender<PeerMessage>,
-    connection: watch::Receiver<Option<quinn::Connection>>,
+    connection: watch::Receiver<Option<Outbound>>,
     task: JoinHandle<()>,
 }
 
@@ -193,6 +204,7 @@ impl QuicTransport {
                 source,
             })?;
         let counters = Arc::new(Counters::default());
+        let peers = Arc::new(Links::default());
         let shared = Arc::new(accept::Shared {
             node: config.node,
             cluster: config.cluster,
@@ -200,19 +212,22 @@ impl QuicTransport {
             counters: counters.clone(),
             inbound,
             snapshots,
+            links: peers.clone(),
+            boots: Mutex::default(),
         });
         let accept_task = runtime.spawn(accept::accept_loop(endpoint.clone(), shared));
         let transport = QuicTransport {
             inner: Arc::new(Inner {
                 node: config.node,
                 cluster: config.cluster,
+                boot: BootNonce::generate(),
                 local_addr,
                 endpoint,
                 client_config,
                 limits: config.limits,
                 counters,
                 runtime,
-                peers: Mutex::new(BTreeMap::new()),
+                peers,
                 accept_task: Mutex::new(Some(accept_task)),
                 shut_down: AtomicBool::new(false),
             }),
@@ -325,10 +340,7 @@ impl Transport for QuicTransport {
 
 impl Inner {
     fn lock_peers(&self) -> MutexGuard<'_, BTreeMap<NodeId, PeerHandle>> {
-        // The map stays consistent under a panic (single inserts and removals); keep using it.
-        self.peers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.peers.lock()
     }
 
     fn spawn_link(&self, peer: NodeId, addr: SocketAddr) -> PeerHandle {
@@ -337,6 +349,7 @@ impl Inner {
         let link = peer::Link {
             local: self.node,
             cluster: self.cluster,
+            boot: self.boot,
             peer,
             addr,
             endpoint: self.endpoint.clone(),
@@ -393,6 +406,7 @@ impl Inner {
             version: PROTOCOL_VERSION,
             cluster: self.cluster,
             node: self.node,
+            boot: self.boot,
             stream: StreamKind::Snapshot { min_slot },
         };
         let hello = frame::encode(&hello, CONTROL_FRAME_BYTES_MAX).expect("a hello is small");
@@ -423,7 +437,10 @@ impl Inner {
         )
         .await;
         match waited {
-            Ok(Ok(current)) => Ok(current.clone().expect("waited for a connection")),
+            Ok(Ok(current)) => {
+                let current = current.as_ref().expect("waited for a connection");
+                Ok(current.connection.clone())
+            }
             Ok(Err(_)) => Err(TransportError::Unreachable {
                 peer,
                 why: "peer removed".to_string(),
@@ -432,6 +449,36 @@ impl Inner {
                 peer,
                 why: "no connection within the connect timeout".to_string(),
             }),
+        }
+    }
+}
+
+impl Links {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<NodeId, PeerHandle>> {
+        // The map stays consistent under a panic (single inserts and removals); keep using it.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Closes the outgoing connection to `peer` if it was established before `restarted_by`, an
+    /// instant by which the peer is known to run anew: such a connection goes to the dead process.
+    /// The peer's task sees the close and reconnects after its shortest backoff (it reset the
+    /// backoff when that connection came up). True when a connection was closed.
+    fn close_stale(&self, peer: NodeId, restarted_by: Instant) -> bool {
+        let peers = self.lock();
+        let Some(handle) = peers.get(&peer) else {
+            return false;
+        };
+        let outbound = handle.connection.borrow();
+        match outbound.as_ref() {
+            Some(stale) if stale.established < restarted_by => {
+                stale
+                    .connection
+                    .close(codes::CLOSED.into(), b"peer restarted");
+                true
+            }
+            _ => false,
         }
     }
 }

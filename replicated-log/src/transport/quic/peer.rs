@@ -1,7 +1,9 @@
 //! The outgoing half: one task per peer owns the connection to it, drains the peer's send queue
 //! into one long-lived unidirectional stream, and reconnects with jittered exponential backoff.
 
-use super::protocol::{codes, Hello, StreamKind, CONTROL_FRAME_BYTES_MAX, PROTOCOL_VERSION};
+use super::protocol::{
+    codes, BootNonce, Hello, StreamKind, CONTROL_FRAME_BYTES_MAX, PROTOCOL_VERSION,
+};
 use super::QuicLimits;
 use crate::tls;
 use crate::transport::frame;
@@ -11,13 +13,15 @@ use paxos_core::NodeId;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 /// Everything the task of one peer owns.
 pub(super) struct Link {
     pub local: NodeId,
     pub cluster: ClusterId,
+    /// This transport's nonce, sent in every hello.
+    pub boot: BootNonce,
     pub peer: NodeId,
     pub addr: SocketAddr,
     pub endpoint: quinn::Endpoint,
@@ -26,7 +30,16 @@ pub(super) struct Link {
     pub counters: Arc<Counters>,
     pub queue: mpsc::Receiver<PeerMessage>,
     /// The live connection, for snapshot fetches to open streams on; `None` while disconnected.
-    pub connection: watch::Sender<Option<quinn::Connection>>,
+    pub connection: watch::Sender<Option<Outbound>>,
+}
+
+/// An established outgoing connection. Closing it (as the accept side does when the peer
+/// restarted) makes the task reconnect.
+#[derive(Clone, Debug)]
+pub(super) struct Outbound {
+    pub connection: quinn::Connection,
+    /// When the handshake completed: a connection older than the peer's current run is stale.
+    pub established: Instant,
 }
 
 /// Why the message pump stopped.
@@ -49,7 +62,10 @@ impl Link {
                     }
                     tracing::info!(peer = self.peer.0, addr = %self.addr, "connected");
                     backoff.reset();
-                    self.connection.send_replace(Some(connection.clone()));
+                    self.connection.send_replace(Some(Outbound {
+                        connection: connection.clone(),
+                        established: Instant::now(),
+                    }));
                     let end = self.pump(&connection).await;
                     self.connection.send_replace(None);
                     match end {
@@ -96,6 +112,7 @@ impl Link {
             version: PROTOCOL_VERSION,
             cluster: self.cluster,
             node: self.local,
+            boot: self.boot,
             stream: StreamKind::Messages,
         };
         let hello = frame::encode(&hello, CONTROL_FRAME_BYTES_MAX).expect("a hello is small");

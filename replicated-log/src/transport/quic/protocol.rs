@@ -9,14 +9,22 @@
 //!
 //! The receiver checks the hello against the peer's TLS certificate before it reads anything
 //! else: the cluster must be its own and the certificate must be valid for the claimed node.
+//!
+//! Each hello also carries the sender's [`BootNonce`], drawn afresh every time a transport starts.
+//! A node killed and restarted on the same address comes back with new QUIC keys, so its peers
+//! ignore its stateless resets and would keep sending into their old connection until the idle
+//! timeout. Instead, the first hello with a new nonce tells the receiver that the node restarted,
+//! and it closes its own outgoing connection to that node at once (`quic/accept.rs`).
 
 use crate::wire::ClusterId;
 use paxos_core::{NodeId, Slot};
 use serde::{Deserialize, Serialize};
+use std::hash::BuildHasher;
 
 /// Bumped on any incompatible change to the stream protocol. The ALPN names the protocol family;
 /// this lets a mismatch be reported precisely instead of as garbage.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2 added [`Hello::boot`].
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest hello or snapshot header frame.
 pub const CONTROL_FRAME_BYTES_MAX: u32 = 1024;
@@ -42,7 +50,28 @@ pub struct Hello {
     pub cluster: ClusterId,
     /// The node the sender claims to be; its certificate must be valid for this node's name.
     pub node: NodeId,
+    /// The sender's nonce for this run of its transport.
+    pub boot: BootNonce,
     pub stream: StreamKind,
+}
+
+/// A number drawn each time a transport starts, so that its peers can tell a restart of a node
+/// from one more stream of the same run. Only equality matters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BootNonce(pub u64);
+
+impl BootNonce {
+    /// A fresh nonce: the process id and the wall clock hashed with the standard library's
+    /// randomly keyed hasher (whose keys also differ between hashers of one process). Not
+    /// cryptographic: a peer that could forge a nonce holds a node certificate anyway, and the most
+    /// a wrong one causes is one reconnect.
+    pub fn generate() -> BootNonce {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let hasher = std::collections::hash_map::RandomState::new();
+        BootNonce(hasher.hash_one((std::process::id(), since_epoch)))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
