@@ -237,22 +237,26 @@ impl Cluster {
         if spec.clock_rate_ppm != 0 {
             args.push(format!("--test-clock-rate-ppm={}", spec.clock_rate_ppm));
         }
-        let mut members: Vec<u64> = self.initial.clone();
+        // An initial member names the initial members (its bootstrap set); a node added later
+        // names the members at the time it joins, as an operator would.
+        let mut members: Vec<u64> = if self.joined.contains(&node) {
+            self.members.clone()
+        } else {
+            self.initial.clone()
+        };
         if !members.contains(&node) {
             members.push(node);
         }
+        // Every replica is reached through its proxy, so the harness can cut, delay and drop what
+        // flows between them; each binds its real address (`--listen-peer`) and advertises the
+        // proxy's.
         for member in members {
             let other = &self.nodes[&member];
-            // A replica binds its own real address; every other replica is reached through its
-            // proxy, so the harness can cut, delay and drop what flows between them.
-            let peer = if member == node {
-                other.real_peer
-            } else {
-                other.proxy_peer
-            };
             args.push("--member".into());
-            args.push(format!("{member}={peer},{}", other.client));
+            args.push(format!("{member}={},{}", other.proxy_peer, other.client));
         }
+        args.push("--listen-peer".into());
+        args.push(spec.real_peer.to_string());
         if self.joined.contains(&node) {
             args.push("--join".into());
         }

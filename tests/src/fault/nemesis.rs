@@ -384,15 +384,18 @@ impl Nemeses {
             .collect();
         let choice = self.drills % 4;
         self.drills += 1;
+        // In turn: a flipped byte in a log segment, a truncated file, a flipped byte in a
+        // snapshot, the whole directory gone (a flip in a snapshot needs one: a log segment
+        // stands in until the first snapshot is taken).
         let (damage, detail) = match choice {
-            1 if !snapshots.is_empty() => {
+            2 if !snapshots.is_empty() => {
                 let path = &snapshots[0];
                 (
                     "snapshot-flip".to_string(),
                     self.flip_until_detected(cluster, node, path, 0.0, 1.0),
                 )
             }
-            2 => {
+            1 => {
                 let target = snapshots.first().or(segments.first()).cloned();
                 match target {
                     Some(path) => ("truncate".to_string(), self.truncate(cluster, node, &path)),
@@ -621,19 +624,26 @@ impl Nemeses {
             if let Some(&old) =
                 candidates.get(self.rng.below(candidates.len().max(1) as u64) as usize)
             {
-                let removed = handle.block_on(async {
-                    tokio::time::timeout(Duration::from_secs(15), admin.remove(old)).await
-                });
+                // The promotion must take effect before the next change: retry a while.
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let removed = loop {
+                    let result = handle.block_on(async {
+                        tokio::time::timeout(Duration::from_secs(10), admin.remove(old)).await
+                    });
+                    match result {
+                        Ok(Ok(_)) => break Ok(()),
+                        other if Instant::now() > deadline => break Err(format!("{other:?}")),
+                        _ => std::thread::sleep(Duration::from_millis(300)),
+                    }
+                };
                 match removed {
-                    Ok(Ok(_)) => {
+                    Ok(()) => {
                         self.count("membership-remove");
                         cluster.members.retain(|n| *n != old);
                         let _ = cluster.kill(old);
                         what.push_str(&format!(", removed node {old}"));
                     }
-                    other => {
-                        what.push_str(&format!(", removal of node {old} not done ({other:?})"))
-                    }
+                    Err(why) => what.push_str(&format!(", removal of node {old} not done ({why})")),
                 }
             }
         }

@@ -49,6 +49,10 @@ struct Settings {
     #[arg(long = "member", value_name = "ID=PEER,CLIENT")]
     #[serde(default)]
     member: Vec<String>,
+    /// Bind the peer endpoint here instead of this node's PEER_ADDR from --member, which is then
+    /// only the address peers are told (behind a NAT, a proxy or a port forward).
+    #[arg(long, value_name = "ADDR")]
+    listen_peer: Option<SocketAddr>,
     /// Where to serve /metrics (Prometheus text), /health, /ready and /status (JSON).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -133,6 +137,7 @@ impl Settings {
                 self.member
             },
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            listen_peer: self.listen_peer.or(file.listen_peer),
             join: self.join || file.join,
             tick_ms: self.tick_ms.or(file.tick_ms),
             clock_drift_ppm: self.clock_drift_ppm.or(file.clock_drift_ppm),
@@ -247,12 +252,13 @@ async fn run(settings: Settings, bugs: PlantedBugs) -> Result<(), String> {
             );
         }
     }
-    let mut config = ServerConfig::new(log, tls, me.peer, me.client, clients);
+    let peer_listen = settings.listen_peer.unwrap_or(me.peer);
+    let mut config = ServerConfig::new(log, tls, peer_listen, me.client, clients);
     config.allow_clients_without_certificate = settings.allow_clients_without_certificate;
     bugs.plant(&mut config);
 
     let server = Server::start(config).await.map_err(|e| e.to_string())?;
-    tracing::info!(%node, %cluster, peers = %me.peer, clients = %me.client, data_dir = %data_dir.display(), "replica started");
+    tracing::info!(%node, %cluster, peers = %peer_listen, advertised = %me.peer, clients = %me.client, data_dir = %data_dir.display(), "replica started");
     let log = Arc::new(server.log().clone());
     let operator = match settings.metrics_listen {
         Some(address) => Some(
