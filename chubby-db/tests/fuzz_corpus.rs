@@ -21,3 +21,11 @@ fn every_corpus_file_replays() {
 fn generated_seeds_replay() {
     replay::seeds(db_targets::TARGETS, db_targets::seeds());
 }
+
+/// A short fuzz run in every test run: mutated corpus inputs must give typed errors, never a
+/// panic (the long runs are `cargo fuzz`, `scripts/fuzz-smoke.sh`).
+#[test]
+fn mutated_corpus_inputs_never_panic() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    replay::mutations(&root, db_targets::TARGETS, 3_000, 0x5eed);
+}

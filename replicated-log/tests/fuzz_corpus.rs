@@ -22,3 +22,11 @@ fn generated_seeds_replay() {
     replay::seeds(log_targets::TARGETS, log_targets::seeds());
     assert_eq!(log_targets::SEGMENT_SEPARATOR.len(), 8);
 }
+
+/// A short fuzz run in every test run: mutated corpus inputs must give typed errors, never a
+/// panic (the long runs are `cargo fuzz`, `scripts/fuzz-smoke.sh`).
+#[test]
+fn mutated_corpus_inputs_never_panic() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    replay::mutations(&root, log_targets::TARGETS, 3_000, 0x5eed);
+}

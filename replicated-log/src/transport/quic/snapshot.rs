@@ -142,6 +142,27 @@ where
         source,
     };
     let mut file = tokio::fs::File::create(dest).await.map_err(file_error)?;
+    let received = receive_chunks(reader, &mut file, bytes, stall, &file_error).await;
+    // A tokio file writes in the background: wait for the last write to land before answering,
+    // even on error, so that nothing reaches `dest` after this returns (a retry may reuse it).
+    let flushed = file.flush().await.map_err(file_error);
+    let received = received?;
+    flushed?;
+    file.sync_all().await.map_err(file_error)?;
+    Ok(received)
+}
+
+/// The chunks and the trailer of a response announcing `bytes`, written to `file`.
+async fn receive_chunks<R>(
+    reader: &mut R,
+    file: &mut tokio::fs::File,
+    bytes: u64,
+    stall: Duration,
+    file_error: &impl Fn(io::Error) -> SnapshotStreamError,
+) -> Result<u64, SnapshotStreamError>
+where
+    R: AsyncRead + Unpin,
+{
     let mut whole = crc32fast::Hasher::new();
     let mut chunk = vec![0u8; SNAPSHOT_CHUNK_BYTES as usize];
     let mut received = 0u64;
@@ -178,7 +199,6 @@ where
             received: sent,
         });
     }
-    file.sync_all().await.map_err(file_error)?;
     Ok(received)
 }
 
