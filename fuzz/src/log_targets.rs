@@ -74,6 +74,7 @@ fn check_peer_message(message: &PeerMessage) {
     let bytes = postcard::to_stdvec(message).expect("decoded messages encode");
     let again: PeerMessage = postcard::from_bytes(&bytes).expect("re-encoded messages decode");
     assert_eq!(&again, message, "postcard round trip");
+    let _ = message.invalid();
     if let PeerMessage::Paxos(envelope) = message {
         let _ = envelope.message.invalid();
     }
@@ -570,6 +571,17 @@ fn peer_messages() -> Vec<PeerMessage> {
         cluster: CLUSTER,
         incarnation: Some(Incarnation(3)),
         pristine: false,
+    });
+    let book = [
+        (NodeId(4), "127.0.0.1:7104"),
+        (NodeId(5), "[::1]:7105"),
+        (NodeId(6), "10.0.0.6:7106"),
+    ];
+    out.push(PeerMessage::AddressBook {
+        peers: book
+            .into_iter()
+            .map(|(node, address)| (node, address.parse().expect("a socket address")))
+            .collect(),
     });
     out
 }

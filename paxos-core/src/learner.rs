@@ -12,7 +12,7 @@ use crate::replica::{Rebuild, Replica, Role};
 use crate::types::{
     Ballot, EntryId, EntryKind, Incarnation, MembershipChange, NodeId, Slot, SnapshotHandle, Value,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How many consistency-check rounds a replica remembers.
 const DIGEST_ROUNDS_MAX: usize = 16;
@@ -373,7 +373,7 @@ impl Replica {
                 if last_probe.is_none_or(|t| now >= t + retry) =>
             {
                 *last_probe = Some(now);
-                let peers: Vec<NodeId> = self.known_peers();
+                let peers: Vec<NodeId> = self.probe_targets();
                 self.send_all(&peers, Message::RebuildProbe(RebuildProbe {}));
             }
             Some(Rebuild::AwaitingVote { last_rejoin })
@@ -390,18 +390,27 @@ impl Replica {
         }
     }
 
-    /// Peers to probe: everyone in whatever membership we know, or the ids the driver configured.
-    fn known_peers(&self) -> Vec<NodeId> {
-        let mut peers: Vec<NodeId> = self
+    /// Peers to probe: everyone in whatever membership we know, the ids the driver configured, and
+    /// every member of every config the replies so far name. The configured ids may be out of
+    /// date (members were added and removed since they were written), and `on_rebuild_probe_reply`
+    /// waits for a quorum of the voters the replies name: those are whom it must ask. A member
+    /// named only in a reply is asked from the next probe round on.
+    fn probe_targets(&self) -> Vec<NodeId> {
+        let mut peers: BTreeSet<NodeId> = self
             .membership
             .latest()
             .members()
             .chain(self.seed_peers.iter().copied())
             .collect();
-        peers.sort();
-        peers.dedup();
-        peers.retain(|n| *n != self.node);
-        peers
+        if let Some(Rebuild::Probing { replies, .. }) = &self.rebuild {
+            let named = replies
+                .values()
+                .flat_map(|reply| reply.membership.entries.iter())
+                .flat_map(|(_, config)| config.members());
+            peers.extend(named);
+        }
+        peers.remove(&self.node);
+        peers.into_iter().collect()
     }
 
     pub(crate) fn on_rebuild_probe(&mut self, from: NodeId) {

@@ -3,8 +3,8 @@
 //! crate) covers the same ground under random faults.
 
 use paxos_core::{
-    Action, Ballot, Config, EntryKind, Envelope, Message, NodeId, ProposeError, Replica, RoleKind,
-    Settings, Slot, Value,
+    Action, Ballot, Config, EntryKind, Envelope, MembershipChange, Message, NodeId, ProposeError,
+    Replica, RoleKind, Settings, Slot, Value,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -41,6 +41,11 @@ impl Cluster {
     }
 
     fn new(size: u64) -> Cluster {
+        Cluster::with_settings(size, settings())
+    }
+
+    /// As `new`, every replica on `base` (each with its own election timeout).
+    fn with_settings(size: u64, base: Settings) -> Cluster {
         let ids: Vec<NodeId> = (1..=size).map(NodeId).collect();
         let config = Config::new(ids.iter().copied());
         let mut cluster = Cluster {
@@ -57,7 +62,7 @@ impl Cluster {
             // Different election timeouts so the test knows who campaigns first.
             let s = Settings {
                 election_timeout_ticks: 100 + 40 * i as u64,
-                ..settings()
+                ..base.clone()
             };
             cluster
                 .nodes
@@ -387,6 +392,111 @@ fn pml_5_1_a_rebuilt_replica_catches_up_without_voting_then_votes_under_a_new_in
         .iter()
         .any(|(n, m, _)| *n == lost && matches!(m, Message::Accepted(_)));
     assert!(votes_after, "the rebuilt replica votes again");
+}
+
+/// Slots between a membership change being chosen and taking effect, in the membership tests:
+/// small, so a test fills the window with a few values.
+const SHORT_WINDOW_SLOTS: u64 = 4;
+
+fn short_window() -> Settings {
+    Settings {
+        window_slots: SHORT_WINDOW_SLOTS,
+        ..settings()
+    }
+}
+
+impl Cluster {
+    /// Has `master` put `change` in the log, and fills the window after it so that it is in force
+    /// everywhere.
+    fn change_membership(&mut self, master: NodeId, change: MembershipChange) {
+        self.nodes
+            .get_mut(&master)
+            .expect("exists")
+            .propose_membership(change.clone())
+            .unwrap_or_else(|e| panic!("the master takes {change:?}: {e:?}"));
+        for i in 0..=SHORT_WINDOW_SLOTS {
+            self.propose_at(master, vec![i as u8]);
+            self.tick(1);
+        }
+        self.tick(5);
+    }
+
+    /// Starts `node` with an empty state (a join, or a lost disk), its driver seeded with `seeds`,
+    /// and runs until its rebuild finished, filling the log meanwhile so that its reincarnation
+    /// comes into force. False if it did not finish within `ticks`.
+    fn rebuild_node(&mut self, node: NodeId, seeds: &[NodeId], master: NodeId, ticks: u64) -> bool {
+        let replica = Replica::rebuild(node, seeds.to_vec(), short_window(), 11);
+        self.nodes.insert(node, replica);
+        self.applied.remove(&node);
+        for tick in 0..ticks {
+            if tick % 5 == 0 {
+                self.propose_at(master, vec![0xee]);
+            }
+            self.tick(1);
+            if !self.nodes[&node].is_rebuilding() {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// The bug the real-process fault harness found: a replica rebuilds knowing only the ids its
+/// operator configured when the group was created ({1, 2, 3}), but the voters are now {1, 3, 4, 5}
+/// (two learners added and promoted, one original voter removed). A quorum of the current voters
+/// must answer its probe before it trusts what it learns (PML 5.1), and the seeds name only two
+/// of them: it must also probe the members the replies name.
+#[test]
+fn pml_5_1_a_rebuilding_replica_seeded_with_a_minority_of_the_current_voters_probes_the_rest() {
+    let mut cluster = Cluster::with_settings(3, short_window());
+    cluster.tick(300);
+    let master = cluster.master().expect("a master");
+    let seeds = [NodeId(1), NodeId(2), NodeId(3)];
+    let originals: Vec<NodeId> = seeds.iter().copied().filter(|n| *n != master).collect();
+    let (removed, wiped) = (originals[0], originals[1]);
+    for joiner in [NodeId(4), NodeId(5)] {
+        cluster.change_membership(master, MembershipChange::AddLearner(joiner));
+        assert!(
+            cluster.rebuild_node(joiner, &seeds, master, 2_000),
+            "{joiner} joined while the seeds were the voters"
+        );
+        cluster.change_membership(master, MembershipChange::Promote(joiner));
+    }
+    cluster.change_membership(master, MembershipChange::Remove(removed));
+    cluster.nodes.remove(&removed);
+    let voters: Vec<NodeId> = cluster.nodes[&master]
+        .config()
+        .voters
+        .keys()
+        .copied()
+        .collect();
+    let mut expected = vec![master, wiped, NodeId(4), NodeId(5)];
+    expected.sort();
+    assert_eq!(voters, expected);
+
+    // A new member joins, seeded only with the original ids: two of them answer, not three.
+    cluster.change_membership(master, MembershipChange::AddLearner(NodeId(6)));
+    assert!(
+        cluster.rebuild_node(NodeId(6), &seeds, master, 2_000),
+        "the joining node found a quorum of the current voters"
+    );
+    // An original voter loses its disk; its seeds name one other current voter.
+    assert!(
+        cluster.rebuild_node(wiped, &seeds, master, 2_000),
+        "the wiped voter found a quorum of the current voters"
+    );
+    assert!(cluster.nodes[&wiped]
+        .config()
+        .is_voter(wiped, paxos_core::Incarnation(2)));
+    cluster.propose_at(master, vec![99]);
+    cluster.tick(100);
+    for node in [NodeId(6), wiped] {
+        assert_eq!(
+            cluster.app_values(node).last(),
+            Some(&vec![99]),
+            "{node} applies new values"
+        );
+    }
 }
 
 #[test]

@@ -7,11 +7,11 @@ use crate::api::{Role, SubmitError};
 use crate::entry::{self, Entry};
 use crate::storage::{SnapshotReader, SnapshotWriter, StorageError, Vfs};
 use crate::transport::Transport;
-use crate::wire::{Inbound, PeerMessage};
+use crate::wire::{Inbound, PeerMessage, ADDRESS_BOOK_PEERS_MAX};
 use crate::writer::{Done, Job, WriterStats};
 use paxos_core::{
-    Action, EntryId, EntryKind, Envelope, MembershipChange, NodeId, Outgoing, ProposeError,
-    Replica, Slot, SnapshotHandle, Value,
+    Action, EntryId, EntryKind, Envelope, MembershipChange, Message, NodeId, Outgoing,
+    ProposeError, Replica, Slot, SnapshotHandle, Value,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Read;
@@ -110,7 +110,12 @@ pub(crate) struct Driver<M: StateMachine, V: Vfs, T: Transport> {
     /// Outputs of our own entries, applied but not yet reported committed.
     outputs: BTreeMap<EntryId, M::Output>,
     pub applied_through: Slot,
+    /// Peer addresses from the configuration, the log and snapshots: the authoritative book.
     pub addresses: BTreeMap<NodeId, SocketAddr>,
+    /// Addresses of nodes missing from `addresses`, learned from peers' address books while
+    /// rebuilding (given to the transport, never written to a snapshot). The log's own address
+    /// entries replace them as it catches up. Invariant: at most `ADDRESS_BOOK_PEERS_MAX` entries.
+    learned_addresses: BTreeMap<NodeId, SocketAddr>,
     snapshot_in_progress: bool,
     fetching_snapshot: bool,
     checks: Vec<PendingCheck>,
@@ -164,6 +169,7 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
             outputs: BTreeMap::new(),
             applied_through,
             addresses,
+            learned_addresses: BTreeMap::new(),
             snapshot_in_progress: false,
             fetching_snapshot: false,
             checks: Vec::new(),
@@ -371,6 +377,10 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
 
     fn on_inbound(&mut self, inbound: Inbound) {
         self.metrics.messages_received += 1;
+        if let Some(why) = inbound.message.invalid() {
+            tracing::warn!(peer = %inbound.from, why, "dropped an invalid message");
+            return;
+        }
         match inbound.message {
             PeerMessage::Paxos(envelope) => {
                 if envelope.from != inbound.from {
@@ -385,10 +395,16 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
                     tracing::warn!(peer = %inbound.from, why, "dropped an invalid message");
                     return;
                 }
+                if matches!(envelope.message, Message::RebuildProbe(_)) {
+                    // Sent before the engine's reply, on the same ordered stream: by the time the
+                    // prober reads the members in the reply, it can reach them.
+                    self.send_address_book(inbound.from);
+                }
                 if let Some(replica) = self.replica() {
                     replica.handle_message(envelope);
                 }
             }
+            PeerMessage::AddressBook { peers } => self.on_address_book(inbound.from, peers),
             PeerMessage::IdentityQuery { cluster } => {
                 if cluster != self.config.cluster {
                     return;
@@ -414,6 +430,46 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
             PeerMessage::IdentityReply {
                 cluster, pristine, ..
             } => self.on_identity_reply(inbound.from, cluster, pristine),
+        }
+    }
+
+    /// Tells a replica that probes us for a rebuild every address we know. Only a replica that
+    /// answers the probe (running, not rebuilding itself) sends its book.
+    fn send_address_book(&mut self, to: NodeId) {
+        let answers = matches!(&self.phase, Phase::Running(replica) if !replica.is_rebuilding());
+        if !answers {
+            return;
+        }
+        let peers: BTreeMap<NodeId, SocketAddr> = self
+            .addresses
+            .iter()
+            .filter(|(node, _)| **node != to)
+            .take(ADDRESS_BOOK_PEERS_MAX)
+            .map(|(node, address)| (*node, *address))
+            .collect();
+        if !peers.is_empty() {
+            self.send(to, PeerMessage::AddressBook { peers });
+        }
+    }
+
+    /// A peer that answers our rebuild probe sent its address book: reach the nodes we have no
+    /// address for, so that the probes to the members its reply names get through. Addresses we
+    /// have (configured, or from the log) are kept: the log is authoritative, a book is a hint.
+    fn on_address_book(&mut self, from: NodeId, peers: BTreeMap<NodeId, SocketAddr>) {
+        let rebuilding = matches!(&self.phase, Phase::Running(replica) if replica.is_rebuilding());
+        if !rebuilding {
+            return;
+        }
+        for (node, address) in peers {
+            let known = node == self.config.node
+                || self.addresses.contains_key(&node)
+                || self.learned_addresses.contains_key(&node);
+            if known || self.learned_addresses.len() >= ADDRESS_BOOK_PEERS_MAX {
+                continue;
+            }
+            tracing::info!(node = %self.config.node, peer = %node, %address, via = %from, "learned a peer's address while rebuilding");
+            self.learned_addresses.insert(node, address);
+            self.transport.set_peer(node, address);
         }
     }
 

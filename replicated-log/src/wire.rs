@@ -2,6 +2,12 @@
 
 use paxos_core::{Envelope, Incarnation, NodeId};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// Most entries in an [`PeerMessage::AddressBook`]: far above any real cluster (node ids are never
+/// reused, so a long-lived cluster's book grows by one per member ever added).
+pub const ADDRESS_BOOK_PEERS_MAX: usize = 4096;
 
 /// Names one cluster. Generated once when the cluster is created and kept in every replica's
 /// identity file, so a replica never joins a different cluster by mistake.
@@ -32,6 +38,28 @@ pub enum PeerMessage {
         /// counted anywhere, so an empty directory here is no loss.
         pristine: bool,
     },
+    /// Sent just before a replica answers a `RebuildProbe`: the peer addresses it knows, by node.
+    /// A rebuilding or joining replica knows only the peers its operator configured, which may be
+    /// out of date; the probe replies name the current members, and this is how it reaches them
+    /// before it has the log (where addresses otherwise travel, see `entry.rs`). The receiver
+    /// uses it only while it rebuilds, and only for nodes it has no address for.
+    AddressBook { peers: BTreeMap<NodeId, SocketAddr> },
+}
+
+impl PeerMessage {
+    /// Checks what the types cannot: sizes. `None` means valid. (The engine's messages are checked
+    /// by `paxos_core::Message::invalid`.)
+    pub fn invalid(&self) -> Option<&'static str> {
+        match self {
+            PeerMessage::AddressBook { peers } if peers.len() > ADDRESS_BOOK_PEERS_MAX => {
+                Some("address book too long")
+            }
+            PeerMessage::AddressBook { peers } if peers.values().any(|a| a.port() == 0) => {
+                Some("address book names port 0")
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A message as received: `from` is the node the peer's certificate proves it is.
@@ -39,4 +67,29 @@ pub enum PeerMessage {
 pub struct Inbound {
     pub from: NodeId,
     pub message: PeerMessage,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book(entries: usize, port: u16) -> PeerMessage {
+        let peers = (0..entries as u64)
+            .map(|n| (NodeId(n), SocketAddr::from(([127, 0, 0, 1], port))))
+            .collect();
+        PeerMessage::AddressBook { peers }
+    }
+
+    #[test]
+    fn address_books_are_bounded_and_name_real_ports() {
+        assert_eq!(book(3, 7000).invalid(), None);
+        assert_eq!(book(ADDRESS_BOOK_PEERS_MAX, 7000).invalid(), None);
+        assert!(book(ADDRESS_BOOK_PEERS_MAX + 1, 7000).invalid().is_some());
+        assert!(book(1, 0).invalid().is_some());
+        let bytes = postcard::to_stdvec(&book(3, 7000)).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<PeerMessage>(&bytes).unwrap(),
+            book(3, 7000)
+        );
+    }
 }

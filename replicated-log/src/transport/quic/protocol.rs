@@ -23,8 +23,9 @@ use std::hash::BuildHasher;
 
 /// Bumped on any incompatible change to the stream protocol. The ALPN names the protocol family;
 /// this lets a mismatch be reported precisely instead of as garbage.
-/// Version 2 added [`Hello::boot`].
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 2 added [`Hello::boot`]. Version 3 added `PeerMessage::AddressBook`, which a version 2
+/// replica cannot decode (it would close the message stream and lose what follows).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest hello or snapshot header frame.
 pub const CONTROL_FRAME_BYTES_MAX: u32 = 1024;
