@@ -133,7 +133,12 @@ pub fn snapshot_transfer(data: &[u8]) {
         read_snapshot(&mut reader, &dest, Duration::from_secs(10)).await
     });
     if let Ok(bytes) = result {
-        let file = std::fs::read(&dest).expect("an accepted snapshot was written");
+        let file = std::fs::read(&dest).unwrap_or_else(|error| {
+            panic!(
+                "an accepted snapshot was written to {}: {error}",
+                dest.display()
+            )
+        });
         assert_eq!(file.len() as u64, bytes);
     }
 }

@@ -269,14 +269,37 @@ async fn run(settings: Settings, bugs: PlantedBugs) -> Result<(), String> {
         None => None,
     };
 
-    wait_for_stop_signal().await;
-    tracing::info!(%node, "stopping: finishing queued writes");
+    // A storage failure (an fsync error, a full disk) stops the log for good: the process exits
+    // with an error then, so that a supervisor sees it and restarts it once the cause is fixed.
+    let stopped_by_itself = tokio::select! {
+        _ = wait_for_stop_signal() => false,
+        _ = log_stopped(&log) => true,
+    };
     if let Some(task) = operator {
         task.abort();
     }
+    if stopped_by_itself {
+        server.shutdown().await;
+        return Err(
+            "the replicated log stopped after a storage failure (the error is logged above): \
+             fix its cause and start the replica again"
+                .to_string(),
+        );
+    }
+    tracing::info!(%node, "stopping: finishing queued writes");
     server.shutdown().await;
     tracing::info!(%node, "stopped");
     Ok(())
+}
+
+/// Returns once the log has stopped on its own.
+async fn log_stopped(log: &replicated_log::Log<chubby_db::server::DatabaseMachine>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if log.status().await.is_none() {
+            return;
+        }
+    }
 }
 
 async fn wait_for_stop_signal() {
