@@ -12,7 +12,7 @@ use super::nemesis::{Drill, Nemeses, Nemesis};
 use super::proxy::FaultNet;
 use super::workload::{self, read_all, Recorder, WorkloadOptions};
 use crate::lincheck::{
-    check, check_durability, check_fenced_log, Budget, Completion, History, Input, Key, KeyWrite,
+    check, check_durability, check_fenced_log, Budget, LockViolation, Completion, History, Input, Key, KeyWrite,
     Operation, Output, TxnOp, Value, Verdict,
 };
 use serde::Serialize;
@@ -285,11 +285,33 @@ pub fn run(options: &RunOptions, progress: &dyn Fn(&str)) -> Result<Report, Stri
         report.violations.extend(result.violations);
     }
     let fenced = recorder.fenced.lock().expect("fenced").clone();
-    for violation in check_fenced_log(&fenced) {
-        report.violations.push(format!(
-            "lock: {violation:?} (fenced log of {} writes)",
-            fenced.len()
-        ));
+    let lock_violations = check_fenced_log(&fenced);
+    for violation in &lock_violations {
+        let show = |i: usize| {
+            let w = &fenced[i];
+            format!("#{i} client {} generation {} at {}", w.client, w.generation, w.at)
+        };
+        let detail = match violation {
+            LockViolation::SharedGrant { first, second, .. } => {
+                format!("{} and {}", show(*first), show(*second))
+            }
+            LockViolation::GenerationWentBack { earlier, later } => {
+                format!("{} then {}", show(*earlier), show(*later))
+            }
+        };
+        report.violations.push(format!("lock: {violation:?}: {detail}"));
+    }
+    if !lock_violations.is_empty() {
+        let mut text: Vec<String> = fenced
+            .iter()
+            .enumerate()
+            .map(|(i, w)| format!("#{i} {:>15} client {} generation {}", w.at, w.client, w.generation))
+            .collect();
+        text.push(String::new());
+        text.extend(recorder.lock_events.lock().expect("lock events").iter().cloned());
+        let path = options.dir.join("locks.txt");
+        let _ = std::fs::write(&path, text.join("\n"));
+        report.notes.push(format!("fenced log and lock events in {}", path.display()));
     }
     let counters = &recorder.counters;
     report.ops_ok = counters.ok.load(Ordering::Relaxed);

@@ -102,6 +102,8 @@ pub struct Recorder {
     ops: Mutex<Vec<Operation>>,
     /// Every write the fenced resource accepted, in order.
     pub fenced: Mutex<Vec<FencedWrite>>,
+    /// What the lock clients did (grants, releases, errors), for a report on a lock violation.
+    pub lock_events: Mutex<Vec<String>>,
     pub counters: Counters,
     /// Set while clients must not start operations (a round is being quiesced and checked).
     hold: AtomicBool,
@@ -127,11 +129,20 @@ impl Recorder {
             origin: Instant::now(),
             ops: Mutex::new(Vec::new()),
             fenced: Mutex::new(Vec::new()),
+            lock_events: Mutex::new(Vec::new()),
             counters: Counters::default(),
             hold: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         })
+    }
+
+    fn lock_event(&self, client: u64, what: String) {
+        let at = self.now();
+        self.lock_events
+            .lock()
+            .expect("lock events")
+            .push(format!("{at:>15} client {client}: {what}"));
     }
 
     pub fn now(&self) -> Time {
@@ -647,8 +658,16 @@ async fn lock_client(id: u64, config: ClientConfig, mut rng: Rng, recorder: Arc<
                 // The check and the write are one step: nothing else runs between them on this
                 // task, and the resource's log is ordered by its mutex.
                 {
-                    let safe = *state.borrow() == SessionState::Safe && !guard.is_lost();
+                    let session = *state.borrow();
+                    let safe = session == SessionState::Safe && !guard.is_lost();
                     if !safe {
+                        recorder.lock_event(
+                            id,
+                            format!(
+                                "stops writing under {generation}: session {session:?}, lost {}",
+                                guard.is_lost()
+                            ),
+                        );
                         break;
                     }
                     let mut fenced = recorder.fenced.lock().expect("fenced");
