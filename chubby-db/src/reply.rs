@@ -16,12 +16,17 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
+    /// `lease_remaining_ms` is counted on the database's clock (the latest stamp any master
+    /// applied), never on the clock of the master that answers: a master whose clock is behind
+    /// the database's would otherwise promise the client more than the lease it holds.
     SessionOpened {
         session: SessionId,
         lease_until_ms: u64,
+        lease_remaining_ms: u64,
     },
     KeptAlive {
         lease_until_ms: u64,
+        lease_remaining_ms: u64,
     },
     SessionClosed,
     MultiOp(MultiOpReply),

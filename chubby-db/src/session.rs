@@ -41,6 +41,7 @@ impl Database {
         Reply::SessionOpened {
             session,
             lease_until_ms,
+            lease_remaining_ms: lease_ms,
         }
     }
 
@@ -57,8 +58,10 @@ impl Database {
         record.lease_until_ms = record
             .lease_until_ms
             .max(now.saturating_add(record.lease_ms));
+        let lease_until_ms = record.lease_until_ms;
         Reply::KeptAlive {
-            lease_until_ms: record.lease_until_ms,
+            lease_until_ms,
+            lease_remaining_ms: lease_until_ms.saturating_sub(now),
         }
     }
 
@@ -185,5 +188,58 @@ mod tests {
             Database::from_snapshot(&mut &bytes[..]),
             Err(crate::RestoreError::Invalid(_))
         ));
+    }
+
+    /// Found by the real-process fault harness (clock-skew nemesis): the server counted the
+    /// lease it reported to a client on the answering master's clock. After a master with a
+    /// clock ahead had pushed the database's clock forward, a master with a clock behind promised
+    /// the client a lease longer than the database would honour, and the client kept acting on a
+    /// lock the database could expire. The remaining lease is counted on the database's clock.
+    #[test]
+    fn a_keep_alive_stamped_by_a_slow_clock_promises_no_more_than_the_lease() {
+        let mut database = Database::new(Config::default());
+        let opened = database.apply(
+            Slot(1),
+            &Command::OpenSession {
+                now_ms: 1_000,
+                lease_ms: Some(12_000),
+            },
+        );
+        let Reply::SessionOpened {
+            session,
+            lease_remaining_ms,
+            ..
+        } = opened.reply
+        else {
+            panic!("{:?}", opened.reply);
+        };
+        assert_eq!(lease_remaining_ms, 12_000);
+        // A master whose clock runs 30 s ahead, then one whose clock is back at 2 s.
+        database.apply(
+            Slot(2),
+            &Command::MasterChanged {
+                epoch: crate::Epoch(2),
+                now_ms: 31_000,
+            },
+        );
+        let kept = database.apply(
+            Slot(3),
+            &Command::KeepAlive {
+                session,
+                now_ms: 2_000,
+            },
+        );
+        let Reply::KeptAlive {
+            lease_until_ms,
+            lease_remaining_ms,
+        } = kept.reply
+        else {
+            panic!("{:?}", kept.reply);
+        };
+        assert_eq!(lease_until_ms, 43_000);
+        assert_eq!(
+            lease_remaining_ms, 12_000,
+            "not 41 s, as the slow clock would say"
+        );
     }
 }

@@ -20,11 +20,13 @@ fn open_keep_alive_close() {
     let Reply::SessionOpened {
         session,
         lease_until_ms,
+        lease_remaining_ms,
     } = reply
     else {
         panic!("{reply:?}")
     };
     assert_eq!(lease_until_ms, 1_000 + LEASE_MS_DEFAULT);
+    assert_eq!(lease_remaining_ms, LEASE_MS_DEFAULT);
     assert_eq!(LEASE_MS_DEFAULT, 12_000);
     let other = h.open();
     assert!(other > session, "ids increase");
@@ -33,7 +35,8 @@ fn open_keep_alive_close() {
     assert_eq!(
         h.keep_alive(session),
         Reply::KeptAlive {
-            lease_until_ms: 5_000 + LEASE_MS_DEFAULT
+            lease_until_ms: 5_000 + LEASE_MS_DEFAULT,
+            lease_remaining_ms: LEASE_MS_DEFAULT,
         }
     );
     // A KeepAlive stamped by a slower clock never shortens the lease.
@@ -44,7 +47,9 @@ fn open_keep_alive_close() {
     assert_eq!(
         reply,
         Reply::KeptAlive {
-            lease_until_ms: 5_000 + LEASE_MS_DEFAULT
+            lease_until_ms: 5_000 + LEASE_MS_DEFAULT,
+            // Counted on the database's clock (5 s), not the stamp's (2 s).
+            lease_remaining_ms: LEASE_MS_DEFAULT,
         }
     );
     assert_eq!(h.db.now_ms(), 5_000, "the clock never goes back");
@@ -111,7 +116,8 @@ fn a_lapsed_lease_lives_until_the_master_expires_it() {
     assert!(matches!(
         h.keep_alive(s),
         Reply::KeptAlive {
-            lease_until_ms: 32_000
+            lease_until_ms: 32_000,
+            lease_remaining_ms: 12_000,
         }
     ));
     assert!(h.tick(20_000).is_empty());

@@ -44,11 +44,12 @@ impl Shared {
             Reply::SessionOpened {
                 session,
                 lease_until_ms,
+                lease_remaining_ms,
             } => Ok(Response::SessionOpened {
                 session,
                 lease_ms: lease_ms.unwrap_or(self.lease_ms_default),
                 lease_until_ms,
-                lease_remaining_ms: lease_until_ms.saturating_sub(now_ms),
+                lease_remaining_ms,
             }),
             other => Err(unexpected(other)),
         }
@@ -57,9 +58,12 @@ impl Shared {
     async fn keep_alive(&self, session: SessionId) -> Result<Response, ServerError> {
         let now_ms = self.clock.now_ms();
         match self.submit(Command::KeepAlive { session, now_ms }).await? {
-            Reply::KeptAlive { lease_until_ms } => Ok(Response::KeptAlive {
+            Reply::KeptAlive {
                 lease_until_ms,
-                lease_remaining_ms: lease_until_ms.saturating_sub(now_ms),
+                lease_remaining_ms,
+            } => Ok(Response::KeptAlive {
+                lease_until_ms,
+                lease_remaining_ms,
             }),
             other => Err(unexpected(other)),
         }
