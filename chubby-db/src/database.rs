@@ -36,6 +36,9 @@ pub struct PlantedBugs {
     /// replica, without the master's lease (a read that should go through the lease reads stale).
     /// Only the real server honours it (`server::handler`); the database itself is unchanged.
     pub stale_linearizable_reads: bool,
+    /// A master answers a plain `Set` as done once it has handed it to the log, before it is
+    /// chosen. Only the real server honours it (`server::handler`).
+    pub ack_writes_before_commit: bool,
 }
 
 /// The Chubby-style database and lock service as a deterministic state machine.

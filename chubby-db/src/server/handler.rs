@@ -82,10 +82,57 @@ impl Shared {
         seq: RequestSeq,
         op: MultiOp,
     ) -> Result<Response, ServerError> {
+        #[cfg(feature = "planted-bugs")]
+        if self.planted.ack_writes_before_commit {
+            if let Some(reply) = self.ack_before_commit(session, seq, &op).await {
+                return Ok(Response::MultiOp(reply));
+            }
+        }
         match self.submit(Command::MultiOp { session, seq, op }).await? {
             Reply::MultiOp(reply) => Ok(Response::MultiOp(reply)),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// The planted bug `ack_writes_before_commit`: a master answers a plain `Set` as done as soon
+    /// as it has handed the command to the log, without waiting for it to be chosen.
+    #[cfg(feature = "planted-bugs")]
+    async fn ack_before_commit(
+        &self,
+        session: SessionId,
+        seq: RequestSeq,
+        op: &MultiOp,
+    ) -> Option<crate::reply::MultiOpReply> {
+        use crate::command::Op;
+        use crate::reply::{Branch, MultiOpReply, OpOutput, OpResult};
+        let [Op::Set { contents, .. }] = op.top.as_slice() else {
+            return None;
+        };
+        if !op.guard.is_empty() || !op.fop.is_empty() || self.tenure_starting() {
+            return None;
+        }
+        let status = self.log.status().await?;
+        if status.role != replicated_log::Role::Master {
+            return None;
+        }
+        let checksum = crate::content_checksum(contents);
+        let log = self.log.clone();
+        let command = Command::MultiOp {
+            session,
+            seq,
+            op: op.clone(),
+        };
+        tokio::spawn(async move {
+            let _ = log.submit(command.encode()).await;
+        });
+        Some(MultiOpReply {
+            branch: Branch::Top,
+            guards: Vec::new(),
+            ops: vec![OpResult::Done(OpOutput::Set {
+                content_generation: 0,
+                checksum,
+            })],
+        })
     }
 
     async fn read(&self, query: Query, consistency: Consistency) -> Result<Response, ServerError> {
@@ -94,7 +141,7 @@ impl Shared {
             (db.applied(), answer_query(db, &query))
         };
         #[cfg(feature = "planted-bugs")]
-        let consistency = if self.stale_linearizable_reads {
+        let consistency = if self.planted.stale_linearizable_reads {
             Consistency::Stale
         } else {
             consistency

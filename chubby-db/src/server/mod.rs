@@ -131,9 +131,9 @@ pub(crate) struct Shared {
     /// The clock commands are stamped with: the log's, skewed alike by `LogConfig::clock_rate_ppm`.
     clock: clock::ReplicaClock,
     tenure: Mutex<Tenure>,
-    /// The planted bug `stale_linearizable_reads` (teeth tests only).
+    /// The planted bugs the server itself honours (teeth tests only).
     #[cfg(feature = "planted-bugs")]
-    stale_linearizable_reads: bool,
+    planted: crate::PlantedBugs,
     #[cfg(feature = "fault-injection")]
     replies_to_drop: std::sync::atomic::AtomicUsize,
 }
@@ -200,7 +200,7 @@ impl Server {
         };
         let shared = Arc::new(Shared {
             #[cfg(feature = "planted-bugs")]
-            stale_linearizable_reads: config.planted_bugs.stale_linearizable_reads,
+            planted: config.planted_bugs,
             log,
             hub,
             endpoint: endpoint.clone(),

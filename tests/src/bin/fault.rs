@@ -285,6 +285,13 @@ fn run_suite(suite: Suite, args: &Args) -> u8 {
                 reads,
                 false,
             ));
+            let mut acks = short(6, "teeth-early-acks", 3, &[Partition, Kill], 30);
+            acks.planted_bugs = "ack_writes_before_commit".into();
+            plans.push((
+                "planted bug: writes acknowledged before they are chosen".into(),
+                acks,
+                false,
+            ));
         }
     }
     let mut failed = Vec::new();

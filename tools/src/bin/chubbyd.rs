@@ -361,6 +361,9 @@ const PLANTED_BUGS: &[(&str, Plant)] = &[
     ("stale_linearizable_reads", |b| {
         b.database.stale_linearizable_reads = true
     }),
+    ("ack_writes_before_commit", |b| {
+        b.database.ack_writes_before_commit = true
+    }),
 ];
 
 /// The bugs `CHUBBYD_PLANTED_BUGS` names; none when it is unset.
@@ -510,6 +513,7 @@ mod tests {
             check_sequencer_ignores_generation,
             forget_replies,
             stale_linearizable_reads,
+            ack_writes_before_commit,
         } = bugs.database;
         assert!(
             acceptor_ignores_ballot
@@ -524,6 +528,7 @@ mod tests {
                 && check_sequencer_ignores_generation
                 && forget_replies
                 && stale_linearizable_reads
+                && ack_writes_before_commit
         );
         assert_eq!(bugs.names, all);
     }
