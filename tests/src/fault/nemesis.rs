@@ -113,6 +113,9 @@ pub struct Nemeses {
     pub scale: f64,
     /// Drills so far: the kinds of damage take turns, so a short run sees each.
     drills: u64,
+    /// Every partition cuts the master off from its peers (clients still reach it), for at
+    /// least 4 s: the targeted scenario of a teeth run.
+    pub isolate_master: bool,
 }
 
 impl Nemeses {
@@ -132,6 +135,7 @@ impl Nemeses {
             drift_ppm,
             scale: 1.0,
             drills: 0,
+            isolate_master: false,
         }
     }
 
@@ -300,7 +304,17 @@ impl Nemeses {
             let j = self.rng.below(i as u64 + 1) as usize;
             shuffled.swap(i, j);
         }
-        let (what, kind) = match self.rng.below(4) {
+        let variant = if self.isolate_master {
+            0
+        } else {
+            self.rng.below(4)
+        };
+        let hold = if self.isolate_master {
+            hold.max(Duration::from_secs(4))
+        } else {
+            hold
+        };
+        let (what, kind) = match variant {
             0 => {
                 let alone = master.unwrap_or(shuffled[0]);
                 let rest: Vec<u64> = members.iter().copied().filter(|n| *n != alone).collect();

@@ -12,8 +12,8 @@ use super::nemesis::{Drill, Nemeses, Nemesis};
 use super::proxy::FaultNet;
 use super::workload::{self, read_all, Recorder, WorkloadOptions};
 use crate::lincheck::{
-    check, check_durability, check_fenced_log, Budget, LockViolation, Completion, History, Input, Key, KeyWrite,
-    Operation, Output, TxnOp, Value, Verdict,
+    check, check_durability, check_fenced_log, Budget, Completion, History, Input, Key, KeyWrite,
+    LockViolation, Operation, Output, TxnOp, Value, Verdict,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -42,6 +42,8 @@ pub struct RunOptions {
     pub fault_scale: f64,
     /// Rounds to run at least, however short the duration.
     pub min_rounds: u64,
+    /// Every partition cuts the master off (for at least 4 s) while clients still reach it.
+    pub isolate_master: bool,
 }
 
 /// What a run did and found.
@@ -132,6 +134,7 @@ pub fn run(options: &RunOptions, progress: &dyn Fn(&str)) -> Result<Report, Stri
         drift,
     );
     nemeses.scale = options.fault_scale;
+    nemeses.isolate_master = options.isolate_master;
 
     let mut report = Report {
         seed: options.seed,
@@ -289,7 +292,10 @@ pub fn run(options: &RunOptions, progress: &dyn Fn(&str)) -> Result<Report, Stri
     for violation in &lock_violations {
         let show = |i: usize| {
             let w = &fenced[i];
-            format!("#{i} client {} generation {} at {}", w.client, w.generation, w.at)
+            format!(
+                "#{i} client {} generation {} at {}",
+                w.client, w.generation, w.at
+            )
         };
         let detail = match violation {
             LockViolation::SharedGrant { first, second, .. } => {
@@ -299,19 +305,35 @@ pub fn run(options: &RunOptions, progress: &dyn Fn(&str)) -> Result<Report, Stri
                 format!("{} then {}", show(*earlier), show(*later))
             }
         };
-        report.violations.push(format!("lock: {violation:?}: {detail}"));
+        report
+            .violations
+            .push(format!("lock: {violation:?}: {detail}"));
     }
     if !lock_violations.is_empty() {
         let mut text: Vec<String> = fenced
             .iter()
             .enumerate()
-            .map(|(i, w)| format!("#{i} {:>15} client {} generation {}", w.at, w.client, w.generation))
+            .map(|(i, w)| {
+                format!(
+                    "#{i} {:>15} client {} generation {}",
+                    w.at, w.client, w.generation
+                )
+            })
             .collect();
         text.push(String::new());
-        text.extend(recorder.lock_events.lock().expect("lock events").iter().cloned());
+        text.extend(
+            recorder
+                .lock_events
+                .lock()
+                .expect("lock events")
+                .iter()
+                .cloned(),
+        );
         let path = options.dir.join("locks.txt");
         let _ = std::fs::write(&path, text.join("\n"));
-        report.notes.push(format!("fenced log and lock events in {}", path.display()));
+        report
+            .notes
+            .push(format!("fenced log and lock events in {}", path.display()));
     }
     let counters = &recorder.counters;
     report.ops_ok = counters.ok.load(Ordering::Relaxed);
