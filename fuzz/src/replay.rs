@@ -9,18 +9,22 @@ pub type Target = (&'static str, fn(&[u8]));
 /// A generated input: its target, a name and the bytes.
 pub type Seed = (&'static str, String, Vec<u8>);
 
-/// Runs every file under `corpus/<target>/` through its target's body; each target must have a
-/// corpus.
+/// The files under `corpus/<target>/`, in name order; each target must have a corpus.
+fn corpus_files(corpus: &Path, target: &str) -> Vec<std::path::PathBuf> {
+    let dir = corpus.join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.expect("a directory entry").path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "{target} has no corpus");
+    files
+}
+
+/// Runs every file under `corpus/<target>/` through its target's body.
 pub fn corpus(corpus: &Path, targets: &[Target]) {
     for (target, body) in targets {
-        let dir = corpus.join(target);
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|entry| entry.expect("a directory entry").path())
-            .collect();
-        files.sort();
-        assert!(!files.is_empty(), "{target} has no corpus");
-        for file in files {
+        for file in corpus_files(corpus, target) {
             let bytes = std::fs::read(&file).expect("a corpus file");
             eprintln!("{target}: {}", file.display());
             body(&bytes);
@@ -60,17 +64,11 @@ pub fn mutations(corpus: &Path, targets: &[Target], per_target: usize, seed: u64
         state.wrapping_mul(0x2545_F491_4F6C_DD1D)
     };
     for (target, body) in targets {
-        let dir = corpus.join(target);
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|entry| entry.expect("a directory entry").path())
-            .collect();
-        files.sort();
+        let files = corpus_files(corpus, target);
         let inputs: Vec<Vec<u8>> = files
             .iter()
             .map(|f| std::fs::read(f).expect("a corpus file"))
             .collect();
-        assert!(!inputs.is_empty(), "{target} has no corpus");
         for index in 0..per_target {
             let pick = (next() % inputs.len() as u64) as usize;
             let mut bytes = inputs[pick].clone();

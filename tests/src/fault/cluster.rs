@@ -10,11 +10,12 @@ use rustix::process::{kill_process, test_kill_process, Pid, Signal};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tools::dev_cluster::http_get;
 
 /// Where the harness finds `chubbyd` and `chubbyctl`.
 #[derive(Clone, Debug)]
@@ -579,19 +580,4 @@ impl Drop for Cluster {
         self.kill_all();
         self.net.shutdown();
     }
-}
-
-/// A GET over plain HTTP/1.0: the status code and the body.
-pub fn http_get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(500)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: fault\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
 }
