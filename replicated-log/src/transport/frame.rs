@@ -60,24 +60,42 @@ const PREALLOCATE_BYTES_MAX: usize = 1 << 20;
 
 /// Encodes `value` as one frame, or `Oversized` when its payload exceeds `max`.
 pub fn encode<T: Serialize>(value: &T, max: u32) -> Result<Vec<u8>, FrameError> {
-    // Measured first (a pass that copies nothing), so that a value holding a large batch is
-    // written into one allocation instead of a vector that doubles and copies as it grows.
+    let mut frame = Vec::new();
+    encode_into(value, max, &mut frame)?;
+    Ok(frame)
+}
+
+/// Appends `value` as one frame to `out`, or leaves `out` as it was and returns `Oversized` when
+/// its payload exceeds `max`. Lets a sender put several frames into one stream write.
+pub fn encode_into<T: Serialize>(value: &T, max: u32, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    // Measured first (a pass that copies nothing): the check needs no encoding, and a value
+    // holding a large batch is written into space reserved once instead of a vector that doubles
+    // and copies as it grows.
     let size = postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())
         .map_err(|error| FrameError::Undecodable(error.to_string()))?;
-    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + size);
-    frame.resize(FRAME_HEADER_BYTES, 0);
-    frame = postcard::to_extend(value, frame)
-        .map_err(|error| FrameError::Undecodable(error.to_string()))?;
-    let payload = (frame.len() - FRAME_HEADER_BYTES) as u64;
-    if payload > u64::from(max) {
+    if size as u64 > u64::from(max) {
         return Err(FrameError::Oversized {
-            bytes: payload,
+            bytes: size as u64,
             max,
         });
     }
-    let length = u32::try_from(payload).expect("payload <= max, a u32");
-    frame[..FRAME_HEADER_BYTES].copy_from_slice(&length.to_le_bytes());
-    Ok(frame)
+    let length = u32::try_from(size).expect("size <= max, a u32");
+    let start = out.len();
+    out.extend_from_slice(&length.to_le_bytes());
+    out.resize(start + FRAME_HEADER_BYTES + size, 0);
+    let written =
+        postcard::to_slice(value, &mut out[start + FRAME_HEADER_BYTES..]).map(|b| b.len());
+    match written {
+        Ok(written) => assert_eq!(
+            written, size,
+            "postcard's size pass and its encoding disagree"
+        ),
+        Err(error) => {
+            out.truncate(start);
+            return Err(FrameError::Undecodable(error.to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// Decodes the first frame of `bytes`: `Ok(Some((value, consumed)))`, or `Ok(None)` when `bytes`

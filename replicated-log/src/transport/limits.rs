@@ -12,6 +12,15 @@ pub const FRAME_BYTES_MAX: u32 = 64 * 1024 * 1024;
 /// Messages waiting for one peer's send task. `send` drops (and counts) beyond this.
 pub const SEND_QUEUE_MESSAGES_MAX: usize = 4096;
 
+/// A peer's send task puts the messages queued at once into one stream write of about this many
+/// bytes (more when one message alone is larger): many small writes each take the connection's
+/// lock and wake its driver, which cost more than the messages themselves at high rates.
+pub const SEND_BATCH_BYTES_MAX: usize = 256 * 1024;
+
+/// The buffer a peer's message stream is read through, so that many small frames cost one read of
+/// the stream (each read takes the connection's lock).
+pub const RECEIVE_BUFFER_BYTES: usize = 256 * 1024;
+
 /// First and largest delay between connection attempts to a peer (each delay is jittered down to
 /// half its value so peers that lost each other together do not retry in lockstep).
 pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(20);

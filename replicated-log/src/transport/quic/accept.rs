@@ -14,6 +14,7 @@ use super::snapshot::write_snapshot;
 use super::{Links, QuicLimits};
 use crate::tls;
 use crate::transport::frame;
+use crate::transport::limits::RECEIVE_BUFFER_BYTES;
 use crate::transport::metrics::{bump, Counters};
 use crate::transport::{InboundSender, SnapshotSource};
 use crate::wire::{ClusterId, Inbound, PeerMessage};
@@ -223,6 +224,9 @@ async fn receive_messages(shared: Arc<Shared>, peer: Peer, mut recv: quinn::Recv
         return;
     }
     let from = hello.node;
+    // Frames are read through a buffer: each read of the stream takes the connection's lock, and
+    // reading a frame's header and payload straight from it would take it several times a message.
+    let mut recv = tokio::io::BufReader::with_capacity(RECEIVE_BUFFER_BYTES, recv);
     loop {
         match frame::read::<PeerMessage, _>(&mut recv, shared.limits.frame_bytes_max).await {
             Ok(Some((message, bytes))) => {
@@ -243,7 +247,7 @@ async fn receive_messages(shared: Arc<Shared>, peer: Peer, mut recv: quinn::Recv
                 bump(&shared.counters.decode_errors, 1);
                 tracing::warn!(peer = from.0, %error, "closing message stream");
                 // Best effort: the stream may already be gone.
-                let _ = recv.stop(codes::DECODE_ERROR.into());
+                let _ = recv.get_mut().stop(codes::DECODE_ERROR.into());
                 return;
             }
             Err(error) => {

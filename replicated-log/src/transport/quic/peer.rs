@@ -7,6 +7,7 @@ use super::protocol::{
 use super::QuicLimits;
 use crate::tls;
 use crate::transport::frame;
+use crate::transport::limits::SEND_BATCH_BYTES_MAX;
 use crate::transport::metrics::{bump, Counters};
 use crate::wire::{ClusterId, PeerMessage};
 use paxos_core::NodeId;
@@ -119,6 +120,7 @@ impl Link {
         if let Err(error) = stream.write_all(&hello).await {
             return PumpEnd::Failed(error.to_string());
         }
+        let mut batch = Vec::new();
         loop {
             let message = tokio::select! {
                 message = self.queue.recv() => match message {
@@ -131,20 +133,42 @@ impl Link {
                 },
                 error = connection.closed() => return PumpEnd::Failed(error.to_string()),
             };
-            let frame = match frame::encode(&message, self.limits.frame_bytes_max) {
-                Ok(frame) => frame,
-                Err(error) => {
-                    tracing::error!(peer = self.peer.0, %error, "message not sent");
-                    bump(&self.counters.messages_dropped, 1);
-                    continue;
+            if batch.capacity() > 4 * SEND_BATCH_BYTES_MAX {
+                // One huge message (a promise carrying many values) need not pin its buffer.
+                batch = Vec::new();
+            }
+            batch.clear();
+            let mut messages = self.encode(&message, &mut batch);
+            // Whatever else is queued goes into the same stream write: one pass through the
+            // connection's lock and one wake of its driver for many messages instead of each.
+            while batch.len() < SEND_BATCH_BYTES_MAX {
+                match self.queue.try_recv() {
+                    Ok(message) => messages += self.encode(&message, &mut batch),
+                    Err(_) => break,
                 }
-            };
-            if let Err(error) = stream.write_all(&frame).await {
-                bump(&self.counters.messages_dropped, 1);
+            }
+            if messages == 0 {
+                continue;
+            }
+            if let Err(error) = stream.write_all(&batch).await {
+                bump(&self.counters.messages_dropped, messages);
                 return PumpEnd::Failed(error.to_string());
             }
-            bump(&self.counters.messages_sent, 1);
-            bump(&self.counters.bytes_sent, frame.len() as u64);
+            bump(&self.counters.messages_sent, messages);
+            bump(&self.counters.bytes_sent, batch.len() as u64);
+        }
+    }
+
+    /// Appends `message` as a frame to `batch`: 1 when it was, 0 (counted as dropped) when it is
+    /// too large to send.
+    fn encode(&self, message: &PeerMessage, batch: &mut Vec<u8>) -> u64 {
+        match frame::encode_into(message, self.limits.frame_bytes_max, batch) {
+            Ok(()) => 1,
+            Err(error) => {
+                tracing::error!(peer = self.peer.0, %error, "message not sent");
+                bump(&self.counters.messages_dropped, 1);
+                0
+            }
         }
     }
 
