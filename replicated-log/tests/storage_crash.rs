@@ -586,6 +586,32 @@ fn a_truncated_middle_segment_is_damage() {
     assert_eq!(damage.kind, DamageKind::UnfinishedSegment);
 }
 
+/// Found by the real-process fault harness: a WAL segment cut short (its data running into the
+/// end of the file) was read as a torn tail and silently dropped synced, acknowledged batches. A
+/// torn write never shortens a preallocated segment, so this is damage.
+#[test]
+fn a_last_segment_cut_short_is_damage_not_a_torn_tail() {
+    let vfs = MemVfs::new();
+    drop(several_segments(&vfs));
+    let last = vfs
+        .files()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .max()
+        .expect("segments");
+    vfs.truncate(&last, SECTOR_BYTES + 100).unwrap();
+    let (_, opened) = open(&vfs, &small(4 * SECTOR_BYTES));
+    let damage = damage_of(opened);
+    assert_eq!(damage.file, Some(last));
+    assert_eq!(
+        damage.kind,
+        DamageKind::Truncated {
+            len: SECTOR_BYTES + 100,
+            segment_bytes: 4 * SECTOR_BYTES
+        }
+    );
+}
+
 #[test]
 fn missing_identity_or_missing_wal_is_damage() {
     let vfs = MemVfs::new();

@@ -162,6 +162,9 @@ pub enum DamageKind {
     EndBeforeData { later_data_at: u64 },
     /// A segment other than the last ends in the middle of a batch.
     UnfinishedSegment,
+    /// The last segment's data runs into the end of a file shorter than a preallocated segment:
+    /// the file was cut short after it was written.
+    Truncated { len: u64, segment_bytes: u64 },
     /// Segment numbers skip: segment `expected` is missing (the next present one is `found`).
     MissingSegment { expected: u64, found: u64 },
     /// A segment's first batch number does not follow the batch before it.
@@ -217,6 +220,10 @@ impl fmt::Display for DamageKind {
             DamageKind::UnfinishedSegment => {
                 write!(f, "a segment that is not the last ends inside a batch")
             }
+            DamageKind::Truncated { len, segment_bytes } => write!(
+                f,
+                "the segment is {len} bytes, shorter than a preallocated segment ({segment_bytes}), and its data runs into its end: it was cut short"
+            ),
             DamageKind::MissingSegment { expected, found } => write!(
                 f,
                 "segment {expected} is missing (the next present is {found})"

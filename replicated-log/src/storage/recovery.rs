@@ -156,7 +156,7 @@ pub(crate) fn recover<V: Vfs>(
         Ok(base) => base,
         Err(d) => return damaged(d),
     };
-    let chain = match read_chain(vfs, &segments[base..])? {
+    let chain = match read_chain(vfs, &segments[base..], options)? {
         Ok(chain) => chain,
         Err(d) => return damaged(d),
     };
@@ -338,7 +338,11 @@ fn choose_base(segments: &[Segment]) -> Result<usize, Damage> {
 }
 
 /// Scans every segment of the chain and judges each one's end.
-fn read_chain<V: Vfs>(vfs: &V, chain: &[Segment]) -> Result<Result<Chain, Damage>, StorageError> {
+fn read_chain<V: Vfs>(
+    vfs: &V,
+    chain: &[Segment],
+    options: &StorageOptions,
+) -> Result<Result<Chain, Damage>, StorageError> {
     let mut next_batch = chain[0].header.first_batch;
     let mut records = Vec::new();
     let mut tail = Tail::Clean { end: SECTOR_BYTES };
@@ -359,6 +363,11 @@ fn read_chain<V: Vfs>(vfs: &V, chain: &[Segment]) -> Result<Result<Chain, Damage
             Ok(tail) => tail,
             Err((offset, kind)) => return Ok(Err(damage(Some(path), Some(offset), kind))),
         };
+        if is_last {
+            if let Some(kind) = cut_short(&tail, data.len() as u64, options) {
+                return Ok(Err(damage(Some(path), Some(data.len() as u64), kind)));
+            }
+        }
         // A compacted base segment is renamed into place only after its first batch is synced.
         if i == 0 && segment.seq != 0 && scan.records.is_empty() {
             let kind = DamageKind::EmptyBaseSegment;
@@ -374,6 +383,25 @@ fn read_chain<V: Vfs>(vfs: &V, chain: &[Segment]) -> Result<Result<Chain, Damage
         next_batch,
         last_len,
     }))
+}
+
+/// A preallocated segment is created at its full size (zero-filled, synced, then renamed into
+/// place) and every write leaves a zero end marker after its data, so its data never runs into
+/// the end of a file shorter than a segment: a torn write leaves the file's length alone. A last
+/// segment whose data does run into the end of such a file was cut short after the fact, and the
+/// batches it lost may have been acknowledged.
+fn cut_short(tail: &Tail, len: u64, options: &StorageOptions) -> Option<DamageKind> {
+    if !options.preallocate || len >= options.segment_bytes {
+        return None;
+    }
+    let reaches_the_end = match tail {
+        Tail::Clean { end } => end + SECTOR_BYTES > len,
+        Tail::Torn { .. } => true,
+    };
+    reaches_the_end.then_some(DamageKind::Truncated {
+        len,
+        segment_bytes: options.segment_bytes,
+    })
 }
 
 /// Folds the records into the state, naming the record that does not fit.
