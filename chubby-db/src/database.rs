@@ -39,6 +39,9 @@ pub struct PlantedBugs {
     /// A master answers a plain `Set` as done once it has handed it to the log, before it is
     /// chosen. Only the real server honours it (`server::handler`).
     pub ack_writes_before_commit: bool,
+    /// An exclusive request with nobody queued takes a held exclusive lock from its holder,
+    /// without telling the holder: two clients then hold the lock at once.
+    pub exclusive_lock_stolen: bool,
 }
 
 /// The Chubby-style database and lock service as a deterministic state machine.

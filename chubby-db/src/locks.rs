@@ -40,6 +40,14 @@ impl Database {
             return Err(OpError::AlreadyWaiting);
         }
         let delayed = lock.delay_until_ms.filter(|t| self.delay_active(*t));
+        if self.bugs().exclusive_lock_stolen
+            && mode == LockMode::Exclusive
+            && lock.waiters.is_empty()
+            && matches!(lock.holders, Holders::Exclusive { .. })
+        {
+            // Planted bug: the holder is dropped without a word.
+            lock.holders = Holders::Free;
+        }
         if lock.waiters.is_empty() && delayed.is_none() && lock.holders.admit(mode) {
             let sequencer = self.grant(path, &mut lock, session, mode);
             self.put_lock(path, lock);

@@ -298,6 +298,13 @@ fn run_suite(suite: Suite, args: &Args) -> u8 {
                 acks,
                 false,
             ));
+            let mut locks = short(7, "teeth-stolen-lock", 3, &[Kill], 20);
+            locks.planted_bugs = "exclusive_lock_stolen".into();
+            plans.push((
+                "planted bug: an exclusive lock taken from its holder".into(),
+                locks,
+                false,
+            ));
         }
     }
     // A planted bug whose window depends on timing gets up to three runs (seeds 100 apart) to

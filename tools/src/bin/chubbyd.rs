@@ -364,6 +364,9 @@ const PLANTED_BUGS: &[(&str, Plant)] = &[
     ("ack_writes_before_commit", |b| {
         b.database.ack_writes_before_commit = true
     }),
+    ("exclusive_lock_stolen", |b| {
+        b.database.exclusive_lock_stolen = true
+    }),
 ];
 
 /// The bugs `CHUBBYD_PLANTED_BUGS` names; none when it is unset.
@@ -514,6 +517,7 @@ mod tests {
             forget_replies,
             stale_linearizable_reads,
             ack_writes_before_commit,
+            exclusive_lock_stolen,
         } = bugs.database;
         assert!(
             acceptor_ignores_ballot
@@ -529,6 +533,7 @@ mod tests {
                 && forget_replies
                 && stale_linearizable_reads
                 && ack_writes_before_commit
+                && exclusive_lock_stolen
         );
         assert_eq!(bugs.names, all);
     }
