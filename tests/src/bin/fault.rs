@@ -307,9 +307,9 @@ fn run_suite(suite: Suite, args: &Args) -> u8 {
             ));
         }
     }
-    // A planted bug whose window depends on timing gets up to three runs (seeds 100 apart) to
+    // A planted bug whose window depends on timing gets up to five runs (seeds 100 apart) to
     // show itself; a correct build gets one run, which must pass.
-    const ATTEMPTS: u64 = 3;
+    const ATTEMPTS: u64 = 5;
     let mut failed = Vec::new();
     for (name, options, should_pass) in &plans {
         println!("\n#### {name}");
