@@ -135,29 +135,20 @@ pub struct Cluster {
 /// can never take the port of a replica that is down for a restart.
 const PORTS: std::ops::Range<u16> = 20_000..32_000;
 
-fn free_port(tcp: bool) -> std::io::Result<SocketAddr> {
+/// A port free for both UDP and TCP, so one helper serves every address a replica binds.
+fn free_port() -> std::io::Result<SocketAddr> {
     use std::hash::{BuildHasher, RandomState};
     let mut rng = paxos_core::rng::Rng::new(RandomState::new().hash_one(std::process::id()));
     for _ in 0..1_000 {
         let port = PORTS.start + rng.below(u64::from(PORTS.end - PORTS.start)) as u16;
         let address = SocketAddr::from(([127, 0, 0, 1], port));
-        // Free for both protocols, so the choice does not depend on which one asks.
         if UdpSocket::bind(address).is_ok() && TcpListener::bind(address).is_ok() {
-            let _ = tcp;
             return Ok(address);
         }
     }
     Err(std::io::Error::other(
         "no free port below the ephemeral range",
     ))
-}
-
-fn free_udp() -> std::io::Result<SocketAddr> {
-    free_port(false)
-}
-
-fn free_tcp() -> std::io::Result<SocketAddr> {
-    free_port(true)
 }
 
 impl Cluster {
@@ -178,7 +169,7 @@ impl Cluster {
         tls::init_dir(&certs, cluster, &ids, &["fault", "admin"]).map_err(|e| e.to_string())?;
         let mut nodes = BTreeMap::new();
         for &id in &all {
-            let real_peer = free_udp().map_err(|e| e.to_string())?;
+            let real_peer = free_port().map_err(|e| e.to_string())?;
             net.register(id, real_peer);
             let proxy_peer = net
                 .start_proxy(id, real_peer)
@@ -188,8 +179,8 @@ impl Cluster {
                 id,
                 real_peer,
                 proxy_peer,
-                client: free_udp().map_err(|e| e.to_string())?,
-                metrics: free_tcp().map_err(|e| e.to_string())?,
+                client: free_port().map_err(|e| e.to_string())?,
+                metrics: free_port().map_err(|e| e.to_string())?,
                 data_dir: dir.join(format!("node-{id}")),
                 clock_rate_ppm: 0,
             };

@@ -449,6 +449,8 @@ impl Nemeses {
             match cluster.rebuild(node, timeout) {
                 Ok(report) => {
                     drill.incarnation_after = report["incarnation"].as_u64();
+                    // `chubbyctl rebuild` exits 0 only after it watched the replica catch up as
+                    // a non-voting member and then vote (its progress bar is that watch).
                     drill.seen_rebuilding = true;
                 }
                 Err(why) => drill.failure = Some(why),
