@@ -63,6 +63,13 @@ pub struct LogConfig {
     pub tick: Duration,
     /// Take a snapshot (and truncate the log) after this many applied slots.
     pub snapshot_every_slots: u64,
+    /// Also take one once the values applied since the last snapshot add up to this many bytes.
+    /// This bounds the memory and disk the log holds between snapshots. With the default (one
+    /// default segment's worth) a busy log keeps to the segment files compaction recycles; a new
+    /// segment must be zero-filled before use, which doubles what the disk writes (see
+    /// `docs/storage-format.md`, "Recycled segments"). Scale it with a larger state machine: each
+    /// snapshot writes the whole state.
+    pub snapshot_every_bytes: u64,
     /// How long `submit` waits for its entry to be chosen before answering `Timeout`.
     pub submit_timeout: Duration,
     /// Seeds the engine's election jitter.
@@ -98,6 +105,7 @@ impl LogConfig {
             settings: Settings::default(),
             tick: Duration::from_millis(10),
             snapshot_every_slots: 100_000,
+            snapshot_every_bytes: crate::storage::limits::SEGMENT_BYTES_DEFAULT,
             submit_timeout: Duration::from_secs(10),
             seed: node.0,
             storage: Default::default(),

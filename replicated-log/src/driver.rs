@@ -117,6 +117,12 @@ pub(crate) struct Driver<M: StateMachine, V: Vfs, T: Transport> {
     /// entries replace them as it catches up. Invariant: at most `ADDRESS_BOOK_PEERS_MAX` entries.
     learned_addresses: BTreeMap<NodeId, SocketAddr>,
     snapshot_in_progress: bool,
+    /// Bytes of values applied since this driver started (see `snapshot_every_bytes`).
+    applied_bytes: u64,
+    /// `applied_bytes` when the newest snapshot (taken or installed) was at the applied slot.
+    snapshot_bytes_mark: u64,
+    /// `applied_bytes` at the handle of the snapshot being written.
+    snapshot_bytes_begun: u64,
     fetching_snapshot: bool,
     checks: Vec<PendingCheck>,
     pub metrics: Metrics,
@@ -171,6 +177,9 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
             addresses,
             learned_addresses: BTreeMap::new(),
             snapshot_in_progress: false,
+            applied_bytes: 0,
+            snapshot_bytes_mark: 0,
+            snapshot_bytes_begun: 0,
             fetching_snapshot: false,
             checks: Vec::new(),
             metrics: Metrics::default(),
@@ -627,6 +636,7 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
     }
 
     fn apply(&mut self, slot: Slot, value: &Value) {
+        self.applied_bytes += value.bytes() as u64;
         for item in value.entries.iter() {
             match &item.kind {
                 EntryKind::App(bytes) => match entry::decode(bytes) {
@@ -776,6 +786,7 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
                 match result {
                     Ok(handle) => {
                         self.metrics.snapshots_taken += 1;
+                        self.snapshot_bytes_mark = self.snapshot_bytes_begun;
                         if let Some(replica) = self.replica() {
                             replica.handle_snapshot_done(handle);
                         }
@@ -817,14 +828,20 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
         let Phase::Running(replica) = &self.phase else {
             return;
         };
-        if replica.is_rebuilding()
-            || replica.chosen_through() != self.applied_through
-            || self.applied_through.0 < replica.snapshot_slot().0 + every
-        {
+        let since = self
+            .applied_through
+            .0
+            .saturating_sub(replica.snapshot_slot().0);
+        let due = since >= every
+            || (since > 0
+                && self.applied_bytes - self.snapshot_bytes_mark
+                    >= self.config.snapshot_every_bytes);
+        if replica.is_rebuilding() || replica.chosen_through() != self.applied_through || !due {
             return;
         }
         let handle = replica.snapshot_handle();
         self.snapshot_in_progress = true;
+        self.snapshot_bytes_begun = self.applied_bytes;
         let _ = self.jobs.send(Job::BeginSnapshot { handle });
     }
 
@@ -910,6 +927,7 @@ impl<M: StateMachine, V: Vfs, T: Transport> Driver<M, V, T> {
                 }
                 self.addresses.extend(addresses);
                 self.applied_through = handle.slot;
+                self.snapshot_bytes_mark = self.applied_bytes;
                 self.metrics.snapshots_installed += 1;
                 if let Some(replica) = self.replica() {
                     replica.handle_snapshot_installed(handle);

@@ -98,6 +98,42 @@ async fn a_lagging_replica_catches_up_through_a_snapshot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_taken_after_enough_bytes_whatever_the_slot_count() {
+    // Slots alone would never trigger one here; 16 KiB of values must.
+    let cluster = Cluster::start_with_bytes(3, 1_000_000, 16 * 1024).await;
+    let mut last = paxos_core::Slot::ZERO;
+    for i in 0..40u8 {
+        last = cluster.submit(vec![i; 1024]).await.0;
+    }
+    cluster.converged(last).await;
+    // Snapshots are written in the background: give them time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let statuses = cluster.statuses().await;
+        if statuses.values().all(|s| s.snapshot_slot > 0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "every replica takes a snapshot after 16 KiB: {statuses:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A few small values are far from 16 KiB: no snapshot yet.
+    let cluster = Cluster::start_with_bytes(3, 1_000_000, 16 * 1024).await;
+    for i in 0..5u8 {
+        last = cluster.submit(vec![i; 16]).await.0;
+    }
+    cluster.converged(last).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let statuses = cluster.statuses().await;
+    assert!(
+        statuses.values().all(|s| s.snapshot_slot == 0),
+        "no snapshot before 16 KiB: {statuses:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_replica_rebuilds_and_votes_again() {
     let mut cluster = Cluster::start(3, 1_000_000).await;
     for i in 0..10u32 {

@@ -90,16 +90,30 @@ pub struct Cluster {
     pub logs: BTreeMap<NodeId, Log<Journal>>,
     pub members: Vec<NodeId>,
     pub snapshot_every: u64,
+    /// `LogConfig::snapshot_every_bytes` of every replica (the default unless a test sets it).
+    pub snapshot_every_bytes: u64,
 }
 
 impl Cluster {
     pub async fn start(n: u64, snapshot_every: u64) -> Cluster {
+        let bytes =
+            LogConfig::new(CLUSTER, NodeId(1), "unused", BTreeMap::new()).snapshot_every_bytes;
+        Cluster::start_with_bytes(n, snapshot_every, bytes).await
+    }
+
+    /// Like `start`, and a snapshot is also taken after `snapshot_every_bytes` of applied values.
+    pub async fn start_with_bytes(
+        n: u64,
+        snapshot_every: u64,
+        snapshot_every_bytes: u64,
+    ) -> Cluster {
         let mut cluster = Cluster {
             network: MemNetwork::new(),
             root: tempfile::tempdir().unwrap(),
             logs: BTreeMap::new(),
             members: (1..=n).map(NodeId).collect(),
             snapshot_every,
+            snapshot_every_bytes,
         };
         for node in cluster.members.clone() {
             cluster.open(node, StartMode::Bootstrap).await;
@@ -122,6 +136,7 @@ impl Cluster {
         config.start = start;
         config.tick = Duration::from_millis(5);
         config.snapshot_every_slots = self.snapshot_every;
+        config.snapshot_every_bytes = self.snapshot_every_bytes;
         config.submit_timeout = Duration::from_secs(5);
         config.storage.segment_bytes = 1 << 20;
         config

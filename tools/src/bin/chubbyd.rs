@@ -71,6 +71,11 @@ struct Settings {
     /// (default 100000).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_every: Option<u64>,
+    /// Also take one once this many MiB of values were applied since the last (default 64, one
+    /// log segment: the log then keeps to the segment files it recycles instead of zero-filling
+    /// new ones). Raise it for a large database, whose every snapshot writes it all.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    snapshot_every_mib: Option<u64>,
     /// Accept clients that present no certificate (off by default).
     #[arg(long)]
     #[serde(default)]
@@ -142,6 +147,7 @@ impl Settings {
             tick_ms: self.tick_ms.or(file.tick_ms),
             clock_drift_ppm: self.clock_drift_ppm.or(file.clock_drift_ppm),
             snapshot_every: self.snapshot_every.or(file.snapshot_every),
+            snapshot_every_mib: self.snapshot_every_mib.or(file.snapshot_every_mib),
             allow_clients_without_certificate: self.allow_clients_without_certificate
                 || file.allow_clients_without_certificate,
             log_format: self.log_format.or(file.log_format),
@@ -239,6 +245,9 @@ async fn run(settings: Settings, bugs: PlantedBugs) -> Result<(), String> {
     }
     if let Some(slots) = settings.snapshot_every {
         log.snapshot_every_slots = slots;
+    }
+    if let Some(mib) = settings.snapshot_every_mib {
+        log.snapshot_every_bytes = mib << 20;
     }
     if let Some(ppm) = settings.clock_drift_ppm {
         log.settings.clock_drift_ppm = ppm;

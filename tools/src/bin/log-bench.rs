@@ -48,6 +48,10 @@ struct Args {
     /// Write segments without zero-filling them first (to measure what preallocation buys).
     #[arg(long)]
     no_preallocate: bool,
+    /// Take a snapshot after this many MiB of applied values (the log's default is 64, one
+    /// segment; larger values outgrow the recycled segments and zero-fill new ones).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    snapshot_every_mib: Option<u64>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -107,6 +111,8 @@ struct Report {
     fsync_ms_p99_master: f64,
     mean_batch_records: f64,
     bytes_written_per_second: f64,
+    /// Snapshots the master took while measuring.
+    snapshots: u64,
 }
 
 const CLUSTER: ClusterId = ClusterId(0xbe9c);
@@ -150,6 +156,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         );
         config.start = StartMode::Bootstrap;
         config.storage.preallocate = !args.no_preallocate;
+        if let Some(mib) = args.snapshot_every_mib {
+            config.snapshot_every_bytes = mib << 20;
+        }
         let log = Log::open_quic(config, Counter::default(), material, peers[node]).await?;
         logs.insert(*node, log);
     }
@@ -264,6 +273,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             records as f64 / fsyncs as f64
         },
         bytes_written_per_second: bytes as f64 / seconds,
+        snapshots: after[&master].snapshots_taken - before[&master].snapshots_taken,
     };
     for log in logs.values() {
         log.shutdown().await;
@@ -292,9 +302,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             report.fsyncs_per_second, report.fsync_ms_p50_master, report.fsync_ms_p99_master
         );
         println!(
-            "  batches    {:>10.1} records per fsync, {:.1} MB/s written",
+            "  batches    {:>10.1} records per fsync, {:.1} MB/s written, {} snapshots on the master",
             report.mean_batch_records,
-            report.bytes_written_per_second / 1e6
+            report.bytes_written_per_second / 1e6,
+            report.snapshots
         );
     }
     Ok(())
