@@ -170,8 +170,14 @@ fn base_options(args: &Args, seed: u64, name: &str) -> RunOptions {
     }
 }
 
-/// Runs one configuration; prints its summary; deletes its directory if it passed.
-fn execute(options: &RunOptions, json: bool, keep: bool) -> Result<Report, String> {
+/// Runs one configuration; prints its summary; deletes its directory if it ended as expected
+/// (passed, or for a planted bug, caught).
+fn execute(
+    options: &RunOptions,
+    json: bool,
+    keep: bool,
+    should_pass: bool,
+) -> Result<Report, String> {
     println!(
         "== fault run: seed {} · {} voters · nemeses {} · {:?}{}",
         options.seed,
@@ -221,7 +227,7 @@ fn execute(options: &RunOptions, json: bool, keep: bool) -> Result<Report, Strin
     } else {
         println!("{}", summary(&report));
     }
-    if passed(&report) && !keep {
+    if passed(&report) == should_pass && !keep {
         let _ = std::fs::remove_dir_all(&options.dir);
     } else {
         println!(
@@ -239,7 +245,7 @@ fn single(args: &Args) -> u8 {
             .map_or(1, |d| d.as_secs())
     });
     let options = base_options(args, seed, "run");
-    match execute(&options, args.json, args.keep) {
+    match execute(&options, args.json, args.keep, true) {
         Ok(report) if passed(&report) => 0,
         Ok(_) => 1,
         Err(why) => {
@@ -318,7 +324,8 @@ fn run_suite(suite: Suite, args: &Args) -> u8 {
         for attempt in 0..attempts {
             let mut options = options.clone();
             options.seed += 100 * attempt;
-            outcome = execute(&options, args.json, args.keep).map(|report| passed(&report));
+            outcome =
+                execute(&options, args.json, args.keep, *should_pass).map(|report| passed(&report));
             match outcome {
                 Ok(true) if !should_pass => println!("   not caught in run {}", attempt + 1),
                 _ => break,
