@@ -11,8 +11,8 @@ use paxos_core::{
 use replicated_log::storage::format::{self, names, SegmentHeader};
 use replicated_log::storage::limits::SECTOR_BYTES;
 use replicated_log::storage::{
-    DamageKind, FailPoint, FormatError, Identity, MemVfs, Opened, Storage, StorageError,
-    StorageOptions, Tear, Vfs, VfsFile,
+    prepare_spare, DamageKind, FailPoint, FormatError, Identity, MemVfs, Opened, Storage,
+    StorageError, StorageOptions, Tear, Vfs, VfsFile,
 };
 use replicated_log::wire::ClusterId;
 use std::io::Write;
@@ -1137,4 +1137,40 @@ fn every_damage_names_what_to_do() {
         text.contains("quarantine") && text.contains("4096"),
         "{text}"
     );
+}
+
+#[test]
+fn compaction_waits_for_a_spare_being_made_rather_than_zero_fill_in_the_sync() {
+    let options = small(8 * SECTOR_BYTES);
+    let vfs = MemVfs::new();
+    let mut storage = fresh(&vfs, &options);
+    for slot in 1..=3 {
+        storage
+            .append(&[Record::Chosen {
+                slot: Slot(slot),
+                value: value(slot, 100),
+            }])
+            .unwrap();
+    }
+    storage.sync().unwrap();
+    // The writer asked for a spare; it is still being zero-filled on another thread.
+    let (spare, capacity) = storage.spare_wanted().expect("no spare yet");
+    let handle = write_snapshot(&storage, 3);
+    storage.append(&[Record::Snapshot(handle)]).unwrap();
+    let after = storage.state().unwrap().clone();
+    let report = storage.sync().unwrap();
+    assert!(!report.compacted, "compaction waits for the spare");
+    let written = storage.metrics().bytes_written;
+    let result = prepare_spare(&vfs, &spare, capacity);
+    storage.spare_ready(spare, result);
+    let report = storage.sync().unwrap();
+    assert!(report.compacted, "the next sync compacts into the spare");
+    assert!(
+        storage.metrics().bytes_written - written < capacity,
+        "nothing was zero-filled in the sync"
+    );
+    drop(storage);
+    vfs.crash(1);
+    let (_, opened) = open(&vfs, &options);
+    assert_eq!(recovered(opened), after);
 }

@@ -551,7 +551,11 @@ impl<V: Vfs> Storage<V> {
             report.batches += 1;
             rest = &rest[take..];
         }
-        if log.compact_due {
+        // A compaction starts a new base segment. When its file is still being zero-filled on
+        // another thread, wait for it (a later sync compacts) rather than zero-fill 64 MiB here, in
+        // the path of every write waiting for this sync.
+        let file_coming = recycled.is_empty() && matches!(spare, Spare::Requested(_));
+        if log.compact_due && !file_coming {
             let spare = recycled.pop().or_else(|| take_spare(spare));
             let keep = if options.preallocate {
                 RECYCLED_KEPT_MAX - recycled.len()
