@@ -320,6 +320,10 @@ pub struct Replica {
     /// Emptied vectors of executed `Action::Persist`s the driver handed back, reused for new ones.
     pub(crate) spare_records: Vec<Vec<Record>>,
     pub(crate) spare_messages: Vec<Vec<Outgoing>>,
+    /// Submits were queued since the window was last filled: the next `poll_action` or
+    /// `drain_actions` proposes them. Deferring the fill packs every submit the host hands over
+    /// in one go into one slot, instead of one slot each while the window has room.
+    pub(crate) fill_due: bool,
     #[cfg(feature = "planted-bugs")]
     pub(crate) planted: PlantedBugs,
 }
@@ -383,6 +387,7 @@ impl Replica {
             actions: VecDeque::new(),
             spare_records: Vec::new(),
             spare_messages: Vec::new(),
+            fill_due: false,
             #[cfg(feature = "planted-bugs")]
             planted: PlantedBugs::default(),
         };
@@ -536,7 +541,9 @@ impl Replica {
     }
 
     /// Submits application bytes. Only the master accepts; the entry is acknowledged with
-    /// `Action::Committed` or refused with `Action::Failed`.
+    /// `Action::Committed` or refused with `Action::Failed`. It is proposed at the next
+    /// `poll_action` or `drain_actions`, with every other submit made before it: a host that
+    /// hands over all the submits it has, then polls, gets them batched into one slot.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<EntryId, ProposeError> {
         let bytes = data.len();
         if bytes > self.settings.batch_bytes_max {
@@ -593,12 +600,21 @@ impl Replica {
 
     // ----- outputs and getters -----
 
+    /// The next thing the host must do. Submits made since the last call are proposed first.
     pub fn poll_action(&mut self) -> Option<Action> {
+        self.fill_if_due();
         self.actions.pop_front()
     }
 
     pub fn drain_actions(&mut self) -> impl Iterator<Item = Action> + '_ {
+        self.fill_if_due();
         self.actions.drain(..)
+    }
+
+    fn fill_if_due(&mut self) {
+        if std::mem::take(&mut self.fill_due) {
+            self.fill_window();
+        }
     }
 
     /// Optional: hands back the vectors of an executed [`Action::Persist`] so that later actions
@@ -915,7 +931,7 @@ impl Replica {
         master.next_seq += 1;
         master.queue.push_back(Entry { id, kind });
         master.outstanding.insert(id);
-        self.fill_window();
+        self.fill_due = true;
         Ok(id)
     }
 
