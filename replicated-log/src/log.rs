@@ -333,6 +333,13 @@ impl<M: StateMachine> Log<M> {
         answer.await.ok()
     }
 
+    /// Completes once the replica has stopped: after [`Log::shutdown`], or on its own when its
+    /// storage failed (an fsync error, a full disk; the error is logged). A service can wait on it
+    /// to exit rather than keep serving from a replica that no longer takes part.
+    pub async fn stopped(&self) {
+        self.commands.closed().await;
+    }
+
     /// Stops the replica: pending submits answer `ShuttingDown`; records already queued are synced
     /// by the writer before it exits.
     pub async fn shutdown(&self) {

@@ -195,3 +195,45 @@ async fn a_replica_refuses_another_nodes_data_directory() {
         "{error:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_stops_the_replica_and_stopped_says_so() {
+    use replicated_log::storage::{FailPoint, MemVfs};
+    use std::time::Duration;
+    let vfs = MemVfs::new();
+    let network = replicated_log::transport::MemNetwork::new();
+    let node = NodeId(1);
+    let peers = [(node, std::net::SocketAddr::from(([127, 0, 0, 1], 7001)))].into();
+    let mut config = replicated_log::LogConfig::new(common::CLUSTER, node, "/data", peers);
+    config.tick = Duration::from_millis(5);
+    let log = replicated_log::Log::open(config, Journal::default(), vfs.clone(), {
+        let network = network.clone();
+        move |inbound, snapshots| Ok(std::sync::Arc::new(network.join(node, inbound, snapshots)))
+    })
+    .await
+    .expect("open");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !log.status().await.is_some_and(|s| s.lease) {
+        assert!(std::time::Instant::now() < deadline, "no master");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    log.submit(b"durable".to_vec())
+        .await
+        .expect("a submit before the failure");
+    // Still running: `stopped` must not complete.
+    let early = tokio::time::timeout(Duration::from_millis(200), log.stopped()).await;
+    assert!(early.is_err(), "stopped completed while the replica runs");
+    vfs.fail_next(FailPoint::SyncData);
+    let refused = log.submit(b"never acknowledged".to_vec()).await;
+    assert!(
+        refused.is_err(),
+        "a write whose fsync failed was acknowledged"
+    );
+    tokio::time::timeout(Duration::from_secs(5), log.stopped())
+        .await
+        .expect("the replica stops after a failed fsync");
+    assert!(
+        log.status().await.is_none(),
+        "a stopped replica has no status"
+    );
+}

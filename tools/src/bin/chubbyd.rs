@@ -282,7 +282,7 @@ async fn run(settings: Settings, bugs: PlantedBugs) -> Result<(), String> {
     // with an error then, so that a supervisor sees it and restarts it once the cause is fixed.
     let stopped_by_itself = tokio::select! {
         _ = wait_for_stop_signal() => false,
-        _ = log_stopped(&log) => true,
+        _ = log.stopped() => true,
     };
     if let Some(task) = operator {
         task.abort();
@@ -299,16 +299,6 @@ async fn run(settings: Settings, bugs: PlantedBugs) -> Result<(), String> {
     server.shutdown().await;
     tracing::info!(%node, "stopped");
     Ok(())
-}
-
-/// Returns once the log has stopped on its own.
-async fn log_stopped(log: &replicated_log::Log<chubby_db::server::DatabaseMachine>) {
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if log.status().await.is_none() {
-            return;
-        }
-    }
 }
 
 async fn wait_for_stop_signal() {
