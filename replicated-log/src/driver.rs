@@ -119,9 +119,12 @@ pub(crate) struct Driver<M: StateMachine, V: Vfs, T: Transport> {
     snapshot_in_progress: bool,
     /// Bytes of values applied since this driver started (see `snapshot_every_bytes`).
     applied_bytes: u64,
-    /// `applied_bytes` when the newest snapshot (taken or installed) was at the applied slot.
+    /// `applied_bytes` at the slot of the newest snapshot, taken or installed: the byte trigger
+    /// counts from here.
     snapshot_bytes_mark: u64,
-    /// `applied_bytes` at the handle of the snapshot being written.
+    /// `applied_bytes` at the handle of the snapshot being written. It becomes the mark only if
+    /// that snapshot succeeds: one abandoned because more was applied before its writer opened
+    /// (common under load) must not restart the count.
     snapshot_bytes_begun: u64,
     fetching_snapshot: bool,
     checks: Vec<PendingCheck>,
